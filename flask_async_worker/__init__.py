@@ -1,0 +1,26 @@
+"""A gunicorn worker that serves Flask apps (and any ASGI app) on an event loop.
+
+    gunicorn -k flask_async_worker.UVLoopWorker app:app
+
+The worker classes are imported lazily so that importing the package (for
+the adapter or the settings) does not import gunicorn's worker machinery.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .workers import AsyncioWorker, UVLoopWorker
+
+__all__ = ["AsyncioWorker", "UVLoopWorker", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("AsyncioWorker", "UVLoopWorker"):
+        from . import workers
+
+        return getattr(workers, name)
+    raise AttributeError(name)

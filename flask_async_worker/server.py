@@ -1,0 +1,993 @@
+"""The only module that touches sockets: connections, timeouts, backpressure.
+
+One :class:`HTTPConnection` (an ``asyncio.Protocol``) per client connection
+feeds bytes to a sans-IO protocol driver and turns its events into ASGI
+calls; one :class:`RequestCycle` per request implements ASGI ``receive`` and
+``send`` on top of the connection.  :class:`Server` owns the listening
+sockets and the set of live connections, which gives it the connection cap
+(``worker_connections``), the timeout sweep and the graceful drain.
+
+Timeouts are not one timer per connection: each connection records a single
+deadline and what it guards, and :meth:`Server.sweep` (run by the worker's
+heartbeat) checks them all.  That keeps timer allocations off the
+per-request path and makes every wait bounded by construction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import datetime
+import re
+import socket
+import ssl
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from .policy import AddressList, HeaderPolicy
+from .protocols.errors import ProtocolError, error_response
+from .protocols.events import Body, EndOfBody, Headers, Request
+from .protocols.http11 import H11Driver
+from .protocols.proxy import ProxyInfo, parse_proxy_header
+from .settings import Settings
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# What a deadline guards; checked by Server.sweep.
+NO_DEADLINE = 0
+HEAD = 1  # a request head is due (new connection, or bytes of one arrived)
+KEEPALIVE = 2  # idle between requests
+BODY = 3  # the app waits for request body bytes
+SEND = 4  # the app waits for the client to read
+DRAIN = 5  # idle during a graceful stop
+
+# RFC 9110 section 5.1/5.5: a field name is a token; a value holds no CR,
+# LF or NUL.  Checked on what the application sends, so a header injection
+# in the app becomes a 500 instead of a second response on the wire.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_NO_BODY_STATUS = frozenset((204, 304))
+_REASONS = {int(s): s.phrase.encode("ascii") for s in HTTPStatus}
+
+
+class ClientDisconnected(OSError):
+    """``send()`` was called after the client went away (ASGI spec 2.4)."""
+
+
+class Server:
+    """The listening sockets and live connections of one worker."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: Settings,
+        worker: Any,
+        loop: asyncio.AbstractEventLoop,
+        state: dict[str, Any] | None = None,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.worker = worker
+        self.cfg = worker.cfg
+        self.log = worker.log
+        self.loop = loop
+        self.state = state if state is not None else {}
+        self.connections: set[HTTPConnection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.policy = HeaderPolicy(self.cfg)
+        self.proxy_allow = AddressList(self.cfg.proxy_allow_ips)
+        self.ssl_context: ssl.SSLContext | None = None
+        self._listen_socks: list[socket.socket] = []
+        self._servers: list[asyncio.AbstractServer] = []
+        self._accepting = False
+        self._resuming: asyncio.Task[None] | None = None
+        self.closing = False
+        self.base_context = contextvars.copy_context()
+        self.date = b""
+        self.update_date()
+        self._setup_hooks()
+
+    # -- gunicorn integration --------------------------------------------------
+
+    def _setup_hooks(self) -> None:
+        cfg = self.cfg
+        settings = getattr(cfg, "settings", {})
+
+        def custom(name: str) -> Callable[..., Any] | None:
+            setting = settings.get(name)
+            if setting is None:
+                return getattr(cfg, name, None)
+            # The default hooks only log at debug level; calling them costs
+            # a request object per request for nothing.
+            if setting.value is setting.default:
+                return None
+            return setting.value  # type: ignore[no-any-return]
+
+        self.pre_request = custom("pre_request")
+        self.post_request = custom("post_request")
+        log = self.log
+        enabled = getattr(log, "access_log_enabled", True)
+        # A Statsd (or custom) logger wants every access() call for its
+        # metrics even when no access log file is configured.
+        self.access_log = bool(enabled) or type(log).access is not _base_access()
+        self.need_info = bool(self.pre_request or self.post_request or self.access_log)
+
+    def update_date(self) -> None:
+        self.date = formatdate(usegmt=True).encode("ascii")
+
+    @property
+    def alive(self) -> bool:
+        return bool(self.worker.alive) and not self.closing
+
+    def request_finished(self, cycle: RequestCycle) -> None:
+        worker = self.worker
+        worker.nr += 1
+        if worker.nr >= worker.max_requests and worker.alive:
+            self.log.info("Autorestarting worker after current request.")
+            worker.alive = False
+            wake = getattr(worker, "wakeup", None)
+            if wake is not None:
+                wake()
+        if self.need_info:
+            cycle.report()
+
+    # -- listening -------------------------------------------------------------
+
+    async def start(
+        self, sockets: list[socket.socket], ssl_context: ssl.SSLContext | None
+    ) -> None:
+        self.ssl_context = ssl_context
+        self._listen_socks = sockets
+        await self._listen()
+
+    async def _listen(self) -> None:
+        extra = self.settings.extra
+        servers: list[asyncio.AbstractServer] = []
+        for sock in self._listen_socks:
+            # A duplicate descriptor per listening period: closing the asyncio
+            # server (to stop accepting at the connection cap) closes only the
+            # duplicate, and waiting clients stay queued in the shared backlog.
+            dup = sock.dup()
+            kwargs: dict[str, Any] = {}
+            if self.ssl_context is not None:
+                kwargs["ssl"] = self.ssl_context
+                kwargs["ssl_handshake_timeout"] = extra.ssl_handshake_timeout
+            if dup.family == socket.AF_UNIX:
+                server = await self.loop.create_unix_server(
+                    lambda: HTTPConnection(self), sock=dup, backlog=self.settings.backlog, **kwargs
+                )
+            else:
+                server = await self.loop.create_server(
+                    lambda: HTTPConnection(self), sock=dup, backlog=self.settings.backlog, **kwargs
+                )
+            servers.append(server)
+        self._servers = servers
+        self._accepting = True
+
+    def _stop_listening(self) -> None:
+        for server in self._servers:
+            server.close()
+        self._servers = []
+        self._accepting = False
+
+    def connection_opened(self, conn: HTTPConnection) -> None:
+        self.connections.add(conn)
+        if self._accepting and len(self.connections) >= self.settings.max_connections:
+            self._stop_listening()
+            self.log.debug("worker_connections reached: not accepting")
+
+    def connection_closed(self, conn: HTTPConnection) -> None:
+        self.connections.discard(conn)
+        if (
+            not self._accepting
+            and not self.closing
+            and self._resuming is None
+            and len(self.connections) < self.settings.max_connections
+        ):
+            self._resuming = self.loop.create_task(self._resume())
+
+    async def _resume(self) -> None:
+        try:
+            if not self.closing and self.worker.alive:
+                await self._listen()
+        finally:
+            self._resuming = None
+
+    # -- timeouts --------------------------------------------------------------
+
+    def sweep(self) -> None:
+        """Enforce every connection's deadline; run a few times a second."""
+        now = self.loop.time()
+        self.update_date()
+        expired = [c for c in self.connections if c.deadline_kind and c.deadline <= now]
+        for conn in expired:
+            conn.on_deadline()
+
+    # -- shutdown --------------------------------------------------------------
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop accepting, let in-flight requests finish, close idle
+        connections; True when every connection closed within ``timeout``."""
+        self.closing = True
+        if self._resuming is not None:
+            self._resuming.cancel()
+        self._stop_listening()
+        window = self.settings.extra.drain_window
+        now = self.loop.time()
+        for conn in list(self.connections):
+            conn.begin_drain(now + min(window, timeout))
+        deadline = now + timeout
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+            if self.loop.time() - now > window:
+                self.sweep()
+        return not self.connections
+
+    def abort_all(self) -> None:
+        self.closing = True
+        self._stop_listening()
+        for conn in list(self.connections):
+            conn.abort()
+
+    async def cancel_requests(self, timeout: float = 1.0) -> None:
+        """Cancel what is still running of the requests' app calls."""
+        tasks = [t for t in self.tasks if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+
+_BASE_ACCESS: Any = None
+
+
+def _base_access() -> Any:
+    global _BASE_ACCESS
+    if _BASE_ACCESS is None:
+        from gunicorn.glogging import Logger
+
+        _BASE_ACCESS = Logger.access
+    return _BASE_ACCESS
+
+
+class HTTPConnection(asyncio.Protocol):
+    """One client connection speaking HTTP/1.1."""
+
+    __slots__ = (
+        "_drain_waiter",
+        "_pipelined",
+        "_proxy_buf",
+        "client",
+        "cycle",
+        "deadline",
+        "deadline_kind",
+        "driver",
+        "loop",
+        "proxy_info",
+        "read_paused",
+        "scheme",
+        "server",
+        "server_addr",
+        "settings",
+        "transport",
+        "trusted",
+        "write_paused",
+    )
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.settings = server.settings
+        self.loop = server.loop
+        self.driver = H11Driver(server.settings.limits)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.cycle: RequestCycle | None = None
+        self.deadline = 0.0
+        self.deadline_kind = NO_DEADLINE
+        self.read_paused = False
+        self.write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._pipelined = 0
+        self._proxy_buf: bytearray | None = None
+        self.proxy_info: ProxyInfo | None = None
+        self.client: tuple[str, int] | None = None
+        self.server_addr: tuple[str, int | None] | None = None
+        self.scheme = "http"
+        self.trusted = False
+
+    # -- asyncio.Protocol --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without
+        # inheriting from it.
+        self.transport = transport  # type: ignore[assignment]
+        server = self.server
+        peer = transport.get_extra_info("peername")
+        sockname = transport.get_extra_info("sockname")
+        if isinstance(peer, tuple):
+            self.client = (peer[0], peer[1])
+        if isinstance(sockname, tuple):
+            self.server_addr = (sockname[0], sockname[1])
+        elif sockname:
+            self.server_addr = (str(sockname), None)
+        if transport.get_extra_info("ssl_object") is not None:
+            self.scheme = "https"
+        peer_ip = self.client[0] if self.client else None
+        self.trusted = server.policy.is_trusted(peer_ip)
+        if self.settings.proxy_protocol != "off" and peer_ip in server.proxy_allow:
+            self._proxy_buf = bytearray()
+        self.transport.set_write_buffer_limits(high=self.settings.extra.write_buffer)
+        self.set_deadline(HEAD, self.settings.extra.header_timeout)
+        server.connection_opened(self)
+        if server.closing:
+            self.begin_drain(self.loop.time() + self.settings.extra.drain_window)
+
+    def data_received(self, data: bytes) -> None:
+        if self._proxy_buf is not None:
+            rest = self._feed_proxy(data)
+            if rest is None:
+                return
+            data = rest
+            if not data:
+                return
+        self.driver.receive_data(data)
+        cycle = self.cycle
+        if cycle is None:
+            if self.deadline_kind != HEAD:
+                self.set_deadline(HEAD, self.settings.extra.header_timeout)
+            self.process()
+        elif not cycle.body_complete:
+            self.process()
+        else:
+            # Pipelined requests wait until this response is done; bound
+            # how much of them is read ahead.
+            self._pipelined += len(data)
+            if self._pipelined > self.settings.extra.pipeline_buffer:
+                self.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        self.driver.receive_data(b"")
+        # The peer will send nothing more.  Close once any response in
+        # progress is done; for the app, a client that left is a disconnect.
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.deadline_kind = NO_DEADLINE
+        cycle = self.cycle
+        self.cycle = None
+        if cycle is not None:
+            cycle.on_disconnect()
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ClientDisconnected("client disconnected"))
+        self.server.connection_closed(self)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- flow control --------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused:
+            self.read_paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    async def drain(self) -> None:
+        """Wait until the client has read enough of what was written."""
+        if self.transport.is_closing():
+            raise ClientDisconnected("client disconnected")
+        waiter = self._drain_waiter = self.loop.create_future()
+        self.set_deadline(SEND, self.settings.extra.send_timeout)
+        try:
+            await waiter
+        finally:
+            self._drain_waiter = None
+            self.clear_deadline(SEND)
+
+    # -- deadlines -----------------------------------------------------------------
+
+    def set_deadline(self, kind: int, seconds: float) -> None:
+        self.deadline = self.loop.time() + seconds
+        self.deadline_kind = kind
+
+    def clear_deadline(self, kind: int) -> None:
+        if self.deadline_kind == kind:
+            self.deadline_kind = NO_DEADLINE
+
+    def on_deadline(self) -> None:
+        kind = self.deadline_kind
+        self.deadline_kind = NO_DEADLINE
+        log = self.server.log
+        if kind == HEAD:
+            if self.driver.head_started or self._proxy_buf:
+                log.warning(
+                    "Request head timeout from ip=%s: no complete request in %ss",
+                    self.client_ip,
+                    self.settings.extra.header_timeout,
+                )
+                self.transport.write(error_response(408))
+            else:
+                log.debug("Closing connection from %s: no request", self.client_ip)
+            self.transport.close()
+        elif kind in (KEEPALIVE, DRAIN):
+            self.transport.close()
+        elif kind == BODY:
+            log.warning(
+                "Request body timeout from ip=%s: nothing received for %ss",
+                self.client_ip,
+                self.settings.extra.body_timeout,
+            )
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_started:
+                self.transport.write(error_response(408))
+            self.transport.close()
+        elif kind == SEND:
+            log.warning(
+                "Send timeout to ip=%s: client read nothing for %ss",
+                self.client_ip,
+                self.settings.extra.send_timeout,
+            )
+            self.abort()
+
+    @property
+    def client_ip(self) -> str:
+        return self.client[0] if self.client else "-"
+
+    # -- requests ------------------------------------------------------------------
+
+    def process(self) -> None:
+        """Turn buffered bytes into events until the driver needs more."""
+        driver = self.driver
+        while True:
+            try:
+                event = driver.next_event()
+            except ProtocolError as exc:
+                self.protocol_error(exc)
+                return
+            if event is None:
+                break
+            kind = type(event)
+            if kind is Body:
+                assert self.cycle is not None
+                self.cycle.feed(event.data)  # type: ignore[union-attr]
+            elif kind is EndOfBody:
+                assert self.cycle is not None
+                self.cycle.feed_end()
+            else:
+                self.start_request(event)  # type: ignore[arg-type]
+        if driver.eof:
+            cycle = self.cycle
+            if cycle is None:
+                self.transport.close()
+            elif not cycle.body_complete:
+                # A body cut short is never handed over as complete.
+                cycle.on_disconnect()
+                self.transport.close()
+
+    def protocol_error(self, exc: ProtocolError) -> None:
+        self.server.log.warning("Invalid request from ip=%s: %s", self.client_ip, exc.detail)
+        cycle = self.cycle
+        self.deadline_kind = NO_DEADLINE
+        if cycle is not None:
+            # Broken framing inside a body: the app must not take a partial
+            # body for a whole one.
+            cycle.on_disconnect()
+            if not cycle.response_started:
+                self.transport.write(error_response(exc.status))
+        else:
+            self.transport.write(error_response(exc.status))
+        self.transport.close()
+
+    def start_request(self, request: Request) -> None:
+        self.deadline_kind = NO_DEADLINE
+        self._pipelined = 0
+        cycle = RequestCycle(self, request)
+        self.cycle = cycle
+        server = self.server
+        if server.pre_request is not None:
+            try:
+                server.pre_request(server.worker, cycle.info())
+            except Exception:
+                server.log.exception("Exception in pre_request hook")
+        task = cycle.task = self.loop.create_task(cycle.run(), context=server.base_context.copy())
+        server.tasks.add(task)
+        task.add_done_callback(server.tasks.discard)
+
+    def response_done(self, cycle: RequestCycle) -> None:
+        """The response was written in full; start on the next request."""
+        self.server.request_finished(cycle)
+        if self.cycle is not cycle:
+            return
+        self.cycle = None
+        if not cycle.keep_alive or not self.driver.start_next_cycle():
+            self.transport.close()
+            return
+        if self.server.closing or not self.server.worker.alive:
+            self.set_deadline(DRAIN, self.settings.extra.drain_window)
+        else:
+            self.set_deadline(KEEPALIVE, self.settings.keepalive)
+        self.resume_reading()
+        self.process()
+
+    def begin_drain(self, deadline: float) -> None:
+        """Graceful stop: idle connections close after a short window, in
+        which a request already sent is still answered (with close)."""
+        if self.cycle is None and not self.driver.head_started:
+            self.deadline = deadline
+            self.deadline_kind = DRAIN
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- proxy protocol ------------------------------------------------------------
+
+    def _feed_proxy(self, data: bytes) -> bytes | None:
+        buf = self._proxy_buf
+        assert buf is not None
+        buf += data
+        try:
+            result = parse_proxy_header(buf, self.settings.proxy_protocol)
+        except ProtocolError as exc:
+            if not buf.startswith((b"PROXY", b"\r\n\r\n\x00\r\nQUIT\n")):
+                # gunicorn lets a trusted peer omit the header.
+                self._proxy_buf = None
+                return bytes(buf)
+            self._proxy_buf = None
+            self.protocol_error(exc)
+            return None
+        if result is None:
+            if len(buf) > 16 + 65535:
+                self._proxy_buf = None
+                self.protocol_error(ProtocolError("PROXY header too long"))
+            return None
+        info, consumed = result
+        self._proxy_buf = None
+        self.proxy_info = info
+        if info.client_addr is not None and info.client_port is not None:
+            self.client = (info.client_addr, info.client_port)
+            self.trusted = self.server.policy.is_trusted(info.client_addr)
+        return bytes(buf[consumed:])
+
+
+class RequestCycle:
+    """ASGI ``receive``/``send`` for one request on an HTTP/1.1 connection."""
+
+    __slots__ = (
+        "_info",
+        "body",
+        "body_complete",
+        "body_size",
+        "bytes_sent",
+        "conn",
+        "disconnected",
+        "end_delivered",
+        "keep_alive",
+        "request",
+        "response_complete",
+        "response_headers",
+        "response_started",
+        "scope",
+        "start",
+        "status",
+        "task",
+        "waiter",
+        "wrote_head",
+    )
+
+    def __init__(self, conn: HTTPConnection, request: Request) -> None:
+        self.conn = conn
+        self.request = request
+        self.start = time.time()
+        server = conn.server
+        headers, scheme = server.policy.apply(request.headers, conn.trusted, conn.scheme)
+        root_path = server.settings.root_path
+        forwarded_root = server.policy.forwarded_script_name(headers, conn.trusted)
+        if forwarded_root is not None:
+            root_path = forwarded_root.rstrip("/")
+        raw_path = request.path
+        self.scope: Scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": request.http_version,
+            "method": request.method.decode("ascii"),
+            "scheme": scheme,
+            "path": unquote_to_bytes(raw_path).decode("utf-8", "surrogateescape")
+            if b"%" in raw_path
+            else raw_path.decode("latin-1"),
+            "raw_path": raw_path,
+            "query_string": request.query,
+            "root_path": root_path,
+            "headers": headers,
+            "client": conn.client,
+            "server": conn.server_addr,
+            "state": server.state.copy(),
+            "extensions": {
+                "http.response.informational": {},
+                "flask_async_worker": {
+                    "raw_uri": request.target,
+                    "proxy": conn.proxy_info,
+                },
+            },
+        }
+        self.body: deque[bytes] = deque()
+        self.body_size = 0
+        self.body_complete = not request.has_body
+        self.disconnected = False
+        self.end_delivered = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.response_started = False
+        self.response_complete = False
+        self.wrote_head = False
+        self.status = 0
+        self.response_headers: Headers = []
+        self.bytes_sent = 0
+        self.keep_alive = request.keep_alive
+        self.task: asyncio.Task[None] | None = None
+        self._info: RequestInfo | None = None
+
+    # -- fed by the connection -----------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        self.body.append(data)
+        self.body_size += len(data)
+        conn = self.conn
+        if self.body_size > conn.settings.extra.body_buffer:
+            conn.pause_reading()
+        if conn.deadline_kind == BODY:
+            conn.set_deadline(BODY, conn.settings.extra.body_timeout)
+        self._wake()
+
+    def feed_end(self) -> None:
+        self.body_complete = True
+        self.conn.clear_deadline(BODY)
+        self._wake()
+
+    def on_disconnect(self) -> None:
+        if self.disconnected:
+            return
+        self.disconnected = True
+        self._wake()
+        task = self.task
+        if task is not None and not task.done() and not self.response_complete:
+            # The app hears http.disconnect (or ClientDisconnected from
+            # send); if it carries on regardless it is cancelled after the
+            # grace period, so a stream nobody reads cannot run forever.
+            self.conn.loop.call_later(self.conn.settings.disconnect_grace, _cancel, task)
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- ASGI ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        conn = self.conn
+        server = conn.server
+        try:
+            await server.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except asyncio.CancelledError:
+            if not self.disconnected:
+                self._fail(None)
+                raise
+        except BaseException as exc:
+            self._fail(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if not self.response_complete and not self.disconnected:
+                if not self.response_started:
+                    server.log.error(
+                        "ASGI app returned without sending a response: %s", self._describe()
+                    )
+                    self._send_500()
+                else:
+                    server.log.error(
+                        "ASGI app returned before finishing its response: %s", self._describe()
+                    )
+                    conn.transport.close()
+
+    def _describe(self) -> str:
+        r = self.request
+        return f"{r.method.decode('ascii')} {r.target.decode('latin-1')}"
+
+    def _fail(self, exc: BaseException | None) -> None:
+        log = self.conn.server.log
+        if exc is not None:
+            log.error("Error handling request %s", self._describe(), exc_info=exc)
+        if self.disconnected or self.response_complete:
+            return
+        if not self.response_started:
+            self._send_500()
+        else:
+            # Headers are out: the only honest signal left is a cut-short
+            # response (no terminating chunk / short Content-Length).
+            self.conn.abort()
+
+    def _send_500(self) -> None:
+        self.keep_alive = False
+        self.status = 500
+        body = b"Internal Server Error\n"
+        self.response_headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", b"%d" % len(body)),
+            (b"connection", b"close"),
+        ]
+        self.response_started = True
+        self._write_head_and(body, more=False)
+
+    async def receive(self) -> Message:
+        while True:
+            if self.body:
+                body = self.body
+                data = body.popleft() if len(body) == 1 else b"".join(body)
+                body.clear()
+                self.body_size = 0
+                self.conn.resume_reading()
+                more = not self.body_complete
+                if not more:
+                    self.end_delivered = True
+                return {"type": "http.request", "body": data, "more_body": more}
+            if self.disconnected or self.response_complete:
+                return {"type": "http.disconnect"}
+            conn = self.conn
+            if self.body_complete:
+                if not self.end_delivered:
+                    self.end_delivered = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+                # ASGI: once the body is delivered, receive() blocks until
+                # the client leaves or the response is done.
+                await self._wait()
+                continue
+            if conn.driver.waiting_for_continue and not self.response_started:
+                # RFC 9110 section 10.1.1: answer 100 only when the app
+                # actually reads the body, so it can refuse it unread.
+                conn.transport.write(conn.driver.send_informational(100, []))
+            conn.resume_reading()
+            conn.set_deadline(BODY, conn.settings.extra.body_timeout)
+            try:
+                await self._wait()
+            finally:
+                conn.clear_deadline(BODY)
+
+    async def _wait(self) -> None:
+        waiter = self.waiter = self.conn.loop.create_future()
+        try:
+            await waiter
+        finally:
+            self.waiter = None
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.body":
+            if not self.response_started:
+                raise RuntimeError("http.response.body before http.response.start")
+            if self.response_complete:
+                raise RuntimeError("response already complete")
+            if self.disconnected:
+                raise ClientDisconnected("client disconnected")
+            more = message.get("more_body", False)
+            body = message.get("body", b"")
+            if not self.wrote_head:
+                self._write_head_and(body, more)
+            else:
+                self._write_body(body, more)
+            if more and self.conn.write_paused:
+                await self.conn.drain()
+        elif kind == "http.response.start":
+            if self.response_started:
+                raise RuntimeError("http.response.start sent twice")
+            status = message["status"]
+            headers = message.get("headers", ())
+            self.response_headers = _check_response_headers(headers)
+            if type(status) is not int or not 200 <= status <= 599:
+                raise ValueError(f"invalid response status {status!r}")
+            self.status = status
+            self.response_started = True
+        elif kind == "http.response.informational":
+            if self.response_started:
+                raise RuntimeError("informational response after http.response.start")
+            if self.disconnected:
+                raise ClientDisconnected("client disconnected")
+            status = message["status"]
+            if type(status) is not int or not 100 < status < 200 or status == 101:
+                raise ValueError(f"invalid informational status {status!r}")
+            if self.request.http_version != "1.0":
+                headers = _check_response_headers(message.get("headers", ()))
+                self.conn.transport.write(self.conn.driver.send_informational(status, headers))
+        else:
+            raise ValueError(f"unexpected ASGI message {kind!r}")
+
+    def _write_head_and(self, body: bytes, more: bool) -> None:
+        conn = self.conn
+        driver = conn.driver
+        server = conn.server
+        headers = self.response_headers
+        status = self.status
+        has_length = has_date = False
+        for name, _ in headers:
+            if name == b"content-length":
+                has_length = True
+            elif name == b"date":
+                has_date = True
+        no_body = self.request.method == b"HEAD" or status in _NO_BODY_STATUS
+        if not has_length and not more and status not in _NO_BODY_STATUS:
+            headers.append((b"content-length", b"%d" % len(body)))
+        keep = (
+            self.keep_alive
+            and server.alive
+            and conn.settings.keepalive > 0
+            and self.body_complete
+            and server.worker.nr + 1 < server.worker.max_requests
+        )
+        if not keep:
+            self.keep_alive = False
+            headers.append((b"connection", b"close"))
+        if not has_date:
+            headers.append((b"date", server.date))
+        self.wrote_head = True
+        try:
+            data = driver.send_response(status, headers, _REASONS.get(status, b""))
+        except ValueError as exc:
+            # Caught by _check_response_headers for the usual cases; h11's
+            # framing checks (e.g. a bad Content-Length) land here.
+            raise RuntimeError(f"invalid response: {exc}") from None
+        if body and not no_body:
+            data += driver.send_body(body)
+            self.bytes_sent += len(body)
+        if not more:
+            data += driver.send_end()
+        conn.transport.write(data)
+        if not more:
+            self._complete()
+
+    def _write_body(self, body: bytes, more: bool) -> None:
+        driver = self.conn.driver
+        data = b""
+        if body and self.request.method != b"HEAD" and self.status not in _NO_BODY_STATUS:
+            data = driver.send_body(body)
+            self.bytes_sent += len(body)
+        if not more:
+            data += driver.send_end()
+        if data:
+            self.conn.transport.write(data)
+        if not more:
+            self._complete()
+
+    def _complete(self) -> None:
+        self.response_complete = True
+        if driver_will_close(self.conn.driver):
+            self.keep_alive = False
+        self._wake()
+        self.conn.response_done(self)
+
+    # -- gunicorn hooks and access log ---------------------------------------------
+
+    def info(self) -> RequestInfo:
+        if self._info is None:
+            self._info = RequestInfo(self)
+        return self._info
+
+    def report(self) -> None:
+        server = self.conn.server
+        info = self.info()
+        environ = info.environ()
+        response = ResponseInfo(self)
+        if server.access_log:
+            elapsed = datetime.timedelta(seconds=time.time() - self.start)
+            try:
+                server.log.access(response, info, environ, elapsed)
+            except Exception:
+                server.log.exception("Error writing access log")
+        if server.post_request is not None:
+            try:
+                server.post_request(server.worker, info, environ, response)
+            except Exception:
+                server.log.exception("Exception in post_request hook")
+
+
+def driver_will_close(driver: H11Driver) -> bool:
+    return driver.response_will_close
+
+
+def _cancel(task: asyncio.Task[None]) -> None:
+    if not task.done():
+        task.cancel()
+
+
+def _check_response_headers(headers: Any) -> Headers:
+    checked: Headers = []
+    for name, value in headers:
+        if type(name) is not bytes or type(value) is not bytes:
+            name = bytes(name)
+            value = bytes(value)
+        if _TOKEN.fullmatch(name) is None:
+            raise ValueError(f"invalid response header name {name!r}")
+        if _BAD_VALUE.search(value) is not None:
+            raise ValueError(f"invalid response header value for {name!r}")
+        checked.append((name.lower(), value))
+    return checked
+
+
+class RequestInfo:
+    """The request as gunicorn's hooks and access log expect to see it."""
+
+    def __init__(self, cycle: RequestCycle) -> None:
+        request = cycle.request
+        scope = cycle.scope
+        self.cycle = cycle
+        self.method = scope["method"]
+        self.uri = request.target.decode("latin-1")
+        self.path = request.path.decode("latin-1")
+        self.query = request.query.decode("latin-1")
+        self.version = tuple(int(p) for p in request.http_version.split("."))
+        self.scheme = scope["scheme"]
+        self.headers = [
+            (n.decode("latin-1").upper(), v.decode("latin-1")) for n, v in scope["headers"]
+        ]
+        self.peer_addr = cycle.conn.client
+        self.remote_addr = cycle.conn.client
+
+    def environ(self) -> dict[str, Any]:
+        cycle = self.cycle
+        scope = cycle.scope
+        env: dict[str, Any] = {
+            "REQUEST_METHOD": self.method,
+            "RAW_URI": self.uri,
+            "PATH_INFO": unquote_to_bytes(cycle.request.path).decode("latin-1"),
+            "QUERY_STRING": self.query,
+            "SCRIPT_NAME": scope["root_path"],
+            "SERVER_PROTOCOL": "HTTP/" + scope["http_version"],
+            "wsgi.url_scheme": self.scheme,
+        }
+        client = scope["client"]
+        if client:
+            env["REMOTE_ADDR"] = client[0]
+            env["REMOTE_PORT"] = str(client[1])
+        proxy = cycle.conn.proxy_info
+        if proxy is not None:
+            env.update(proxy.environ())
+        for name, value in self.headers:
+            key = "HTTP_" + name.replace("-", "_")
+            env[key] = env[key] + "," + value if key in env else value
+        if "HTTP_CONTENT_TYPE" in env:
+            env["CONTENT_TYPE"] = env.pop("HTTP_CONTENT_TYPE")
+        if "HTTP_CONTENT_LENGTH" in env:
+            env["CONTENT_LENGTH"] = env.pop("HTTP_CONTENT_LENGTH")
+        return env
+
+
+class ResponseInfo:
+    """The response as gunicorn's access log and ``post_request`` see it."""
+
+    def __init__(self, cycle: RequestCycle) -> None:
+        self.status = f"{cycle.status}" if cycle.status else "-"
+        self.status_code = cycle.status
+        self.sent = cycle.bytes_sent
+        self.response_length = cycle.bytes_sent
+        self.headers = [
+            (n.decode("latin-1"), v.decode("latin-1")) for n, v in cycle.response_headers
+        ]

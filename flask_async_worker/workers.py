@@ -1,0 +1,247 @@
+"""The gunicorn worker classes.
+
+The arbiter stays unchanged: it forks these workers, watches their
+heartbeat, signals them and replaces them.  A worker process owns one event
+loop, one thread pool for sync code (sized by gunicorn's ``threads``), and a
+:class:`~flask_async_worker.server.Server` on gunicorn's listening sockets.
+
+Signals follow gunicorn's contract: SIGTERM is a graceful stop bounded by
+``graceful_timeout``; SIGQUIT and SIGINT a quick one (after ``worker_int``);
+SIGUSR1 reopens log files; SIGABRT (sent by the arbiter when the heartbeat
+stops) calls ``worker_abort`` and exits.  SIGABRT is the one handler
+installed with ``signal.signal`` instead of on the loop: the heartbeat stops
+precisely when the loop is blocked, and a loop-dispatched handler would
+never run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from gunicorn.workers import base
+
+from .lifespan import Lifespan, LifespanFailure
+from .server import ASGIApp, Server
+from .settings import Settings
+
+WORKER_BOOT_ERROR = 3
+
+
+def is_asgi(app: Any) -> bool:
+    """An ASGI 3 application is an async callable of (scope, receive, send)."""
+    if inspect.isclass(app):
+        return False
+    if not callable(app):
+        return False
+    call = app if inspect.isfunction(app) or inspect.ismethod(app) else type(app).__call__
+    if not (inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(app)):
+        return False
+    try:
+        params = inspect.signature(call).parameters
+    except (TypeError, ValueError):
+        return True
+    return len(params) == 3 or any(
+        p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params.values()
+    )
+
+
+class AsyncioWorker(base.Worker):  # type: ignore[misc]
+    """The worker on the standard library's asyncio event loop."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.server: Server | None = None
+        self.executor: ThreadPoolExecutor | None = None
+        self.settings: Settings = None  # type: ignore[assignment]
+        self.asgi: ASGIApp = None  # type: ignore[assignment]
+        self.quick_exit = False
+        self._stop_event: asyncio.Event | None = None
+
+    @staticmethod
+    def new_event_loop() -> asyncio.AbstractEventLoop:
+        return asyncio.new_event_loop()
+
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        # Fail at arbiter start, not in every forked worker.
+        Settings.from_gunicorn(cfg)
+
+    # -- process set-up (after fork) ---------------------------------------------
+
+    def init_process(self) -> None:
+        self.loop = self.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.settings = Settings.from_gunicorn(self.cfg)
+        self.executor = ThreadPoolExecutor(
+            max_workers=self.settings.threads, thread_name_prefix="flask-async-worker"
+        )
+        self.loop.set_default_executor(self.executor)
+        super().init_process()
+
+    def init_signals(self) -> None:
+        for sig in self.SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        loop = self.loop
+        loop.add_signal_handler(signal.SIGTERM, self.handle_term)
+        loop.add_signal_handler(signal.SIGQUIT, self.handle_quick)
+        loop.add_signal_handler(signal.SIGINT, self.handle_quick)
+        loop.add_signal_handler(signal.SIGUSR1, self.log.reopen_files)
+        loop.add_signal_handler(signal.SIGWINCH, self.handle_winch_ignored)
+        signal.signal(signal.SIGABRT, self.handle_abort)
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        self.asgi = self.wrap_app(self.wsgi)
+
+    def wrap_app(self, app: Any) -> ASGIApp:
+        """Serve Flask through the adapter, ASGI as is, plain WSGI in threads."""
+        try:
+            from flask import Flask
+        except ImportError:  # pragma: no cover - flask is a dependency
+            Flask = None  # type: ignore[assignment,misc]
+        if Flask is not None and isinstance(app, Flask):
+            from .adapter import FlaskAdapter
+
+            return FlaskAdapter(app, executor=self.executor, **self._wsgi_options())
+        if is_asgi(app):
+            return app  # type: ignore[no-any-return]
+        from .wsgi import WSGIAdapter
+
+        return WSGIAdapter(app, executor=self.executor, **self._wsgi_options())
+
+    def _wsgi_options(self) -> dict[str, Any]:
+        from gunicorn import SERVER_SOFTWARE
+        from gunicorn.http.wsgi import WSGIErrorsWrapper
+
+        return {
+            "errors": WSGIErrorsWrapper(self.cfg),
+            "multiprocess": self.cfg.workers > 1,
+            "server_software": SERVER_SOFTWARE,
+        }
+
+    # -- signals -------------------------------------------------------------------
+
+    def wakeup(self) -> None:
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    def handle_term(self) -> None:
+        self.alive = False
+        self.wakeup()
+
+    def handle_quick(self) -> None:
+        self.quick_exit = True
+        if self.alive:
+            self.alive = False
+            self.cfg.worker_int(self)
+        self.wakeup()
+
+    def handle_winch_ignored(self) -> None:
+        self.log.debug("worker: SIGWINCH ignored.")
+
+    def handle_abort(self, sig: int, frame: Any) -> None:
+        self.alive = False
+        self.cfg.worker_abort(self)
+        sys.exit(1)
+
+    # -- the main loop ---------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self.loop.run_until_complete(self._serve())
+        except LifespanFailure as exc:
+            self.log.error("Application start-up failed: %s", exc)
+            sys.exit(WORKER_BOOT_ERROR)
+        finally:
+            self._close_loop()
+
+    async def _serve(self) -> None:
+        self._stop_event = asyncio.Event()
+        lifespan = Lifespan(self.asgi, self.log, mode=getattr(self.cfg, "asgi_lifespan", "auto"))
+        await lifespan.startup()
+        server = self.server = Server(self.asgi, self.settings, self, self.loop, lifespan.state)
+        await server.start([s.sock for s in self.sockets], self._ssl_context())
+        heartbeat = self.loop.create_task(self._heartbeat(server))
+        try:
+            await self._stop_event.wait()
+            await self._stop(server)
+            if not self.quick_exit:
+                await lifespan.shutdown()
+        finally:
+            heartbeat.cancel()
+
+    async def _heartbeat(self, server: Server) -> None:
+        tick = self.settings.extra.tick
+        while True:
+            self.notify()
+            if self.ppid != os.getppid():
+                self.log.info("Parent changed, shutting down: %s", self)
+                self.alive = False
+            if not self.alive:
+                # The reloader thread and max_requests flip ``alive``.
+                self.wakeup()
+            server.sweep()
+            await asyncio.sleep(tick)
+
+    async def _stop(self, server: Server) -> None:
+        started = time.monotonic()
+        if not self.quick_exit:
+            # The arbiter kills the worker at graceful_timeout; keep a margin
+            # so the app's shutdown hooks and worker_exit still run.
+            budget = self.settings.graceful_timeout * 0.95
+            drain = asyncio.ensure_future(server.drain(budget))
+            while not drain.done() and not self.quick_exit:
+                self._stop_event.clear()  # type: ignore[union-attr]
+                waiter = asyncio.ensure_future(self._stop_event.wait())  # type: ignore[union-attr]
+                await asyncio.wait((drain, waiter), return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+            if drain.done() and not drain.result():
+                self.log.warning(
+                    "Graceful timeout: closing %d connection(s) still open after %.1fs",
+                    len(server.connections),
+                    time.monotonic() - started,
+                )
+            drain.cancel()
+        server.abort_all()
+        await server.cancel_requests()
+
+    def _ssl_context(self) -> Any:
+        if not self.cfg.is_ssl:
+            return None
+        from gunicorn import sock
+
+        context = sock.ssl_context(self.cfg)
+        # Advertise only what this worker speaks.
+        context.set_alpn_protocols(["http/1.1"])
+        return context
+
+    def _close_loop(self) -> None:
+        loop = self.loop
+        try:
+            if self.executor is not None:
+                self.executor.shutdown(wait=False, cancel_futures=True)
+            if not loop.is_closed():
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+        except Exception:  # pragma: no cover - best effort at exit
+            self.log.debug("Error closing the event loop", exc_info=True)
+
+
+class UVLoopWorker(AsyncioWorker):
+    """The worker on uvloop (falls back to asyncio where uvloop is missing)."""
+
+    @staticmethod
+    def new_event_loop() -> asyncio.AbstractEventLoop:
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - platform without uvloop
+            return asyncio.new_event_loop()
+        return uvloop.new_event_loop()

@@ -1,0 +1,416 @@
+"""A WSGI application served from the executor, behind the ASGI seam.
+
+Each request costs one executor hop in the common case: small request
+bodies are read on the loop before the hop (so ``wsgi.input`` is a plain
+``BytesIO``), and a response with a known, small length is collected in the
+thread and handed back whole.  Larger or open-ended responses are streamed
+from the same thread that ran the view, so every line of a request's sync
+code (view, generator, ``close()``) sees one thread, as under gunicorn's
+thread workers; the thread waits on the loop for each chunk to be accepted,
+which is the download backpressure.  Large or unknown-length uploads are
+read on demand from that thread, which is the upload backpressure, and
+``Expect: 100-continue`` is answered only when the app reads.
+
+gunicorn's WSGI environ keys are provided (``RAW_URI``, ``SERVER_SOFTWARE``,
+``wsgi.input_terminated``, ``wsgi.file_wrapper``, ``wsgi.early_hints``,
+``PROXY_*``), and a ``StopIteration`` raised by the app means "the app took
+the connection over", as gunicorn's workers treat it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import io
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from concurrent.futures import Executor
+from typing import IO, Any, TypeVar, cast
+from urllib.parse import unquote_to_bytes
+
+from .server import Message, Receive, Scope, Send
+
+T = TypeVar("T")
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+#: Request bodies up to this size with a declared length are read on the
+#: loop before the hop, so the app finds them in memory.
+PREREAD_LIMIT = 64 * 1024
+#: Responses that declare a length up to this size are collected in the
+#: thread and sent in one piece.
+COLLECT_LIMIT = 256 * 1024
+FILE_BLOCK = 256 * 1024
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper``: reads in large blocks.
+
+    Each block crosses from the thread to the loop, so werkzeug's default
+    8 KiB block would cost one hop per 8 KiB of a download.
+    """
+
+    def __init__(self, filelike: IO[bytes], blksize: int = 8192) -> None:
+        self.filelike = filelike
+        self.blksize = max(blksize, FILE_BLOCK)
+        close = getattr(filelike, "close", None)
+        if close is not None:
+            self.close = close
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        data = self.filelike.read(self.blksize)
+        if data:
+            return data
+        raise StopIteration
+
+
+class InputStream(io.RawIOBase):
+    """``wsgi.input`` that pulls the body from the loop as the app reads.
+
+    A client that leaves in the middle raises werkzeug's
+    ``ClientDisconnected`` rather than ending the stream, so a cut-short
+    upload is never mistaken for a complete one.
+    """
+
+    def __init__(self, receive: Receive, loop: asyncio.AbstractEventLoop) -> None:
+        self._receive = receive
+        self._loop = loop
+        self._buf = bytearray()
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self) -> bool:
+        if self._done:
+            return False
+        message = call_in_loop(self._receive(), self._loop)
+        if message["type"] != "http.request":
+            self._done = True
+            from werkzeug.exceptions import ClientDisconnected
+
+            raise ClientDisconnected()
+        self._buf += message.get("body", b"")
+        if not message.get("more_body", False):
+            self._done = True
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            while self._fill():
+                pass
+            data = bytes(self._buf)
+            self._buf.clear()
+            return data
+        while len(self._buf) < size and self._fill():
+            pass
+        data = bytes(self._buf[:size])
+        del self._buf[:size]
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        while True:
+            end = self._buf.find(b"\n")
+            if end != -1 or (size is not None and 0 <= size <= len(self._buf)):
+                break
+            if not self._fill():
+                break
+        limit = len(self._buf) if end == -1 else end + 1
+        if size is not None and size >= 0:
+            limit = min(limit, size)
+        data = bytes(self._buf[:limit])
+        del self._buf[:limit]
+        return data
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            yield line
+
+
+class _Hijacked(Exception):
+    """The app raised StopIteration: it took the connection over."""
+
+
+class WSGIAdapter:
+    """An ASGI application running a WSGI application in an executor."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        executor: Executor | None = None,
+        *,
+        errors: IO[str] | None = None,
+        multiprocess: bool = False,
+        server_software: str = "gunicorn",
+    ) -> None:
+        self.app = app
+        self.executor = executor
+        self._base: dict[str, Any] = {
+            "wsgi.version": (1, 0),
+            "wsgi.errors": errors if errors is not None else sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": multiprocess,
+            "wsgi.run_once": False,
+            "wsgi.input_terminated": True,
+            "wsgi.file_wrapper": FileWrapper,
+            "SERVER_SOFTWARE": server_software,
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self.http(scope, receive, send)
+        elif kind == "lifespan":
+            await _plain_lifespan(receive, send)
+        else:
+            # WebSocket and other scopes have no WSGI equivalent.
+            await receive()
+            await send({"type": "websocket.close", "code": 1003})
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        environ = self.environ(scope)
+        length = environ.get("CONTENT_LENGTH")
+        if (
+            length is None
+            and "HTTP_TRANSFER_ENCODING" not in environ
+            and scope["http_version"] != "2"
+        ):
+            environ["wsgi.input"] = io.BytesIO()
+        elif (
+            length is not None
+            and length.isdigit()
+            and int(length) <= PREREAD_LIMIT
+            and "HTTP_EXPECT" not in environ
+        ):
+            environ["wsgi.input"] = io.BytesIO(await _read_body(receive))
+        else:
+            environ["wsgi.input"] = InputStream(receive, loop)
+        if "http.response.informational" in scope.get("extensions", {}):
+            environ["wsgi.early_hints"] = _early_hints(send, loop)
+        call = _Call(self.app, environ, send, loop)
+        ctx = contextvars.copy_context()
+        result = await loop.run_in_executor(self.executor, ctx.run, call.run)
+        if result is None:
+            return  # streamed (or hijacked) from the thread
+        status, headers, body = result
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    def environ(self, scope: Scope) -> dict[str, Any]:
+        environ = self._base.copy()
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        path_info = (
+            unquote_to_bytes(raw_path).decode("latin-1")
+            if b"%" in raw_path
+            else raw_path.decode("latin-1")
+        )
+        script_name = scope.get("root_path", "")
+        if script_name:
+            script_name = script_name.encode("utf-8").decode("latin-1")
+            if path_info.startswith(script_name):
+                path_info = path_info[len(script_name) :]
+        environ["REQUEST_METHOD"] = scope["method"]
+        environ["SCRIPT_NAME"] = script_name
+        environ["PATH_INFO"] = path_info
+        environ["QUERY_STRING"] = scope["query_string"].decode("latin-1")
+        environ["SERVER_PROTOCOL"] = "HTTP/" + scope["http_version"]
+        environ["wsgi.url_scheme"] = scope.get("scheme", "http")
+        server = scope.get("server")
+        if server:
+            environ["SERVER_NAME"] = server[0]
+            environ["SERVER_PORT"] = str(server[1]) if server[1] is not None else ""
+        else:
+            environ["SERVER_NAME"], environ["SERVER_PORT"] = "localhost", "80"
+        client = scope.get("client")
+        if client:
+            environ["REMOTE_ADDR"] = client[0]
+            environ["REMOTE_PORT"] = str(client[1])
+        ext = scope.get("extensions", {}).get("flask_async_worker")
+        if ext is not None:
+            environ["RAW_URI"] = ext["raw_uri"].decode("latin-1")
+            proxy = ext.get("proxy")
+            if proxy is not None:
+                environ.update(proxy.environ())
+        else:
+            query = scope["query_string"]
+            raw = raw_path + (b"?" + query if query else b"")
+            environ["RAW_URI"] = raw.decode("latin-1")
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                environ["CONTENT_TYPE"] = value.decode("latin-1")
+            elif name == b"content-length":
+                environ["CONTENT_LENGTH"] = value.decode("latin-1")
+            else:
+                key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+                text = value.decode("latin-1")
+                if key in environ:
+                    # RFC 9110 section 5.3; cookies are joined with "; ".
+                    sep = "; " if key == "HTTP_COOKIE" else ","
+                    environ[key] = environ[key] + sep + text
+                else:
+                    environ[key] = text
+        return environ
+
+
+class _Call:
+    """One WSGI call, run in an executor thread."""
+
+    __slots__ = ("app", "environ", "headers", "loop", "send", "started", "status")
+
+    def __init__(
+        self, app: WSGIApp, environ: dict[str, Any], send: Send, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.app = app
+        self.environ = environ
+        self.send = send
+        self.loop = loop
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.started = False
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.started:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        self.status = int(status[:3])
+        self.headers = [
+            (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers
+        ]
+        return self._write
+
+    def _write(self, data: bytes) -> None:
+        # The legacy write() callable: stream it.
+        self._start_stream()
+        self._push(data, more=True)
+
+    def _push(self, data: bytes, more: bool) -> None:
+        message = {"type": "http.response.body", "body": data, "more_body": more}
+        call_in_loop(self.send(message), self.loop)
+
+    def _start_stream(self) -> None:
+        if not self.started:
+            self.started = True
+            message = {
+                "type": "http.response.start",
+                "status": self.status,
+                "headers": self.headers,
+            }
+            call_in_loop(self.send(message), self.loop)
+
+    def run(self) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        try:
+            iterable = self.app(self.environ, self.start_response)
+        except StopIteration:
+            # gunicorn's convention: the app hijacked the connection.
+            return None
+        try:
+            return self._respond(iterable)
+        except StopIteration:
+            return None
+        finally:
+            close = getattr(iterable, "close", None)
+            if close is not None:
+                close()
+
+    def _respond(
+        self, iterable: Iterable[bytes]
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        if self.started:
+            for chunk in iterable:
+                if chunk:
+                    self._push(chunk, more=True)
+            self._push(b"", more=False)
+            return None
+        if isinstance(iterable, list | tuple) and len(iterable) <= 1:
+            if not self.status:
+                raise RuntimeError("WSGI app did not call start_response")
+            return self.status, self.headers, iterable[0] if iterable else b""
+        length = None
+        for name, value in self.headers:
+            if name == b"content-length":
+                length = int(value) if value.isdigit() else None
+        if length is not None and length <= COLLECT_LIMIT:
+            chunks = [chunk for chunk in iterable if chunk]
+            if not self.status:
+                raise RuntimeError("WSGI app did not call start_response")
+            return self.status, self.headers, b"".join(chunks)
+        iterator = iter(iterable)
+        for chunk in iterator:
+            # start_response may be called lazily, on the first iteration.
+            if chunk:
+                self._start_stream()
+                self._push(chunk, more=True)
+        if not self.status:
+            raise RuntimeError("WSGI app did not call start_response")
+        return self._finish()
+
+    def _finish(self) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        if not self.started:
+            # Nothing non-empty was produced: an empty body, sent whole.
+            return self.status, self.headers, b""
+        self._push(b"", more=False)
+        return None
+
+
+def call_in_loop(awaitable: Awaitable[T], loop: asyncio.AbstractEventLoop) -> T:
+    """Run ``awaitable`` on the loop from an executor thread and wait for it.
+
+    The calling thread's context travels with it (``call_soon_threadsafe``
+    copies it), so Flask's request context is visible to the coroutine.
+    """
+    coro = cast(Coroutine[Any, Any, T], awaitable)
+    return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            from werkzeug.exceptions import ClientDisconnected
+
+            raise ClientDisconnected()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _early_hints(send: Send, loop: asyncio.AbstractEventLoop) -> Callable[[list[Any]], None]:
+    def early_hints(headers: list[tuple[str, str]]) -> None:
+        message: Message = {
+            "type": "http.response.informational",
+            "status": 103,
+            "headers": [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers],
+        }
+        if threading.current_thread() is threading.main_thread():
+            raise RuntimeError("wsgi.early_hints called from the event loop thread")
+        call_in_loop(send(message), loop)
+
+    return early_hints
+
+
+async def _plain_lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
