@@ -13,9 +13,20 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .adapter import FlaskAdapter, FlaskAsync, run_sync, stream_with_context
     from .workers import AsyncioWorker, UVLoopWorker
 
-__all__ = ["AsyncioWorker", "UVLoopWorker", "__version__"]
+__all__ = [
+    "AsyncioWorker",
+    "FlaskAdapter",
+    "FlaskAsync",
+    "UVLoopWorker",
+    "__version__",
+    "run_sync",
+    "stream_with_context",
+]
+
+_ADAPTER_NAMES = ("FlaskAdapter", "FlaskAsync", "run_sync", "stream_with_context")
 
 
 def __getattr__(name: str) -> Any:
@@ -23,4 +34,8 @@ def __getattr__(name: str) -> Any:
         from . import workers
 
         return getattr(workers, name)
+    if name in _ADAPTER_NAMES:
+        from . import adapter
+
+        return getattr(adapter, name)
     raise AttributeError(name)

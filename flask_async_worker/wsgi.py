@@ -179,8 +179,13 @@ class WSGIAdapter:
             await send({"type": "websocket.close", "code": 1003})
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.serve(self.environ(scope), scope, receive, send)
+
+    async def serve(
+        self, environ: dict[str, Any], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Run the WSGI app on a prepared environ (``wsgi.input`` is set here)."""
         loop = asyncio.get_running_loop()
-        environ = self.environ(scope)
         length = environ.get("CONTENT_LENGTH")
         if (
             length is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from .app import FlaskAdapter
+from .app import AdapterConfig, FlaskAdapter
+from .extension import FlaskAsync, run_sync, stream_with_context
 
-__all__ = ["FlaskAdapter"]
+__all__ = ["AdapterConfig", "FlaskAdapter", "FlaskAsync", "run_sync", "stream_with_context"]

@@ -1,56 +1,389 @@
 """Serve a Flask application as ASGI.
 
-Every request currently runs through Flask's own ``wsgi_app`` in the
-executor (one hop), with ``async_to_sync`` replaced so that a coroutine
-met in a thread (an ``async def`` view, hook or error handler) is awaited
-on the worker's loop instead of in a fresh event loop per call.
+Each request is routed first (Werkzeug's URL map, as Flask does), and the
+endpoint decides the path it takes:
+
+* an ``async def`` view — or a sync wrapper around one (a decorator with
+  ``functools.wraps``, a ``View``/``MethodView`` whose handler for the
+  method is async) — is served natively on the loop by
+  :class:`~.dispatch.NativeDispatch`: the body is read first (bounded,
+  spooled to disk when large), hooks and view run in the request's task,
+  and the response is streamed from the loop;
+* every other request runs through Flask's own ``wsgi_app`` in the
+  executor, in one hop, with ``wsgi.input`` streamed from the loop.
+
+An app whose dispatch was customised (``wsgi_app`` wrapped by middleware,
+dispatch methods overridden) keeps its customisation: all its requests take
+the thread path, where async views still run on the worker's loop through
+the ``async_to_sync`` bridge.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Callable, Coroutine
+import contextvars
+import inspect
+import io
+import logging
+import tempfile
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response
+from flask.ctx import RequestContext
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..server import Receive, Scope, Send
 from ..wsgi import WSGIAdapter
+from .bridge import LoopBinding, make_async_to_sync
+from .dispatch import NativeDispatch, customised, is_async_iterable
+
+log = logging.getLogger("flask_async_worker")
+
+_END = object()
+_NO_BODY_STATUS = frozenset((204, 304))
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """The adapter's settings, read from ``app.config`` (``ASYNC_WORKER_*``)."""
+
+    #: Largest request body read for an async view when MAX_CONTENT_LENGTH
+    #: is not set (bytes); larger bodies are answered 413.
+    max_body: int = 16 * 1024 * 1024
+    #: Bodies larger than this are spooled to a temporary file.
+    spool_size: int = 1024 * 1024
+    #: Where sync hooks of requests to async views run: "loop" keeps a
+    #: request on one thread (thread-bound resources on ``g`` work);
+    #: "executor" keeps slow hooks off the loop at the price of that.
+    sync_hooks: str = "loop"
+    #: Sync code on the loop longer than this (seconds) is reported.
+    blocking_threshold: float = 0.1
+    #: Cancel an async view when its client disconnects (True), or let it
+    #: finish and discard the response (False, the WSGI behaviour).
+    cancel_on_disconnect: bool = False
+
+    @classmethod
+    def from_app(cls, app: Flask) -> AdapterConfig:
+        cfg = app.config
+        sync_hooks = str(cfg.get("ASYNC_WORKER_SYNC_HOOKS", cls.sync_hooks))
+        if sync_hooks not in ("loop", "executor"):
+            raise ValueError("ASYNC_WORKER_SYNC_HOOKS must be 'loop' or 'executor'")
+        return cls(
+            max_body=int(cfg.get("ASYNC_WORKER_MAX_BODY", cls.max_body)),
+            spool_size=int(cfg.get("ASYNC_WORKER_SPOOL_SIZE", cls.spool_size)),
+            sync_hooks=sync_hooks,
+            blocking_threshold=float(
+                cfg.get("ASYNC_WORKER_BLOCKING_THRESHOLD", cls.blocking_threshold)
+            ),
+            cancel_on_disconnect=bool(
+                cfg.get("ASYNC_WORKER_CANCEL_ON_DISCONNECT", cls.cancel_on_disconnect)
+            ),
+        )
+
+
+def wraps_coroutine(func: Any, depth: int = 10) -> bool:
+    """True when ``func`` is, or wraps (``__wrapped__``), a coroutine function."""
+    while func is not None and depth > 0:
+        if inspect.iscoroutinefunction(func):
+            return True
+        func = getattr(func, "__wrapped__", None)
+        depth -= 1
+    return False
+
+
+def endpoint_is_async(view: Any, method: str) -> bool:
+    if wraps_coroutine(view):
+        return True
+    view_class = getattr(view, "view_class", None)
+    if view_class is None:
+        return False
+    handler = getattr(view_class, method.lower(), None)
+    if handler is None and method == "HEAD":
+        handler = getattr(view_class, "get", None)
+    if handler is not None and inspect.iscoroutinefunction(handler):
+        return True
+    return inspect.iscoroutinefunction(getattr(view_class, "dispatch_request", None))
 
 
 class FlaskAdapter:
-    """An ASGI application serving ``app``."""
+    """An ASGI application serving a Flask application."""
 
     def __init__(self, app: Flask, executor: Executor | None = None, **wsgi_options: Any) -> None:
         self.flask_app = app
         self.executor = executor
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wsgi = WSGIAdapter(app, executor, **wsgi_options)
-        app.async_to_sync = self._async_to_sync  # type: ignore[method-assign]
+        self.binding = LoopBinding()
+        self.wsgi = WSGIAdapter(app, executor, **wsgi_options)
+        self.config = AdapterConfig.from_app(app)
+        app.async_to_sync = make_async_to_sync(app, self.binding)  # type: ignore[method-assign,assignment]
+        self.not_native = customised(app)
+        self.dispatch = NativeDispatch(
+            app,
+            executor,
+            sync_hooks_in_executor=self.config.sync_hooks == "executor",
+            blocking_threshold=self.config.blocking_threshold,
+            log=log.warning,
+        )
+        self._kinds: dict[tuple[str, str], bool] = {}
+        self._views_seen = -1
+        self._any_async = False
+        self.background: set[asyncio.Task[Any]] = set()
+        app.extensions["flask_async_worker"] = self
 
-    def _async_to_sync(self, func: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
-        def run(*args: Any, **kwargs: Any) -> Any:
-            loop = self._loop
-            if loop is None or not loop.is_running():
-                # Not under the worker (a test client, a CLI command):
-                # behave like Flask.
-                return asyncio.run(func(*args, **kwargs))
-            if threading.get_ident() == self._loop_thread:
-                raise RuntimeError(
-                    "an async function was called synchronously on the event loop thread"
-                )
-            # run_coroutine_threadsafe carries this thread's context (the
-            # request and app contexts) into the coroutine.
-            return asyncio.run_coroutine_threadsafe(func(*args, **kwargs), loop).result()
-
-        return run
-
-    _loop_thread: int | None = None
+    # -- ASGI --------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-            self._loop_thread = threading.get_ident()
-        await self._wsgi(scope, receive, send)
+        kind = scope["type"]
+        if kind == "http":
+            await self.http(scope, receive, send)
+        elif kind == "lifespan":
+            await self.lifespan(receive, send)
+        else:
+            await receive()
+            await send({"type": "websocket.close", "code": 1003})
+
+    def _bind(self) -> None:
+        if self.binding.loop is None:
+            self.binding.bind(asyncio.get_running_loop())
+            if self.not_native:
+                log.info(
+                    "Serving every request of %s through Flask's wsgi_app in the thread pool: %s",
+                    self.flask_app.name,
+                    "; ".join(self.not_native),
+                )
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        from .extension import run_serving_hooks
+
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    self._bind()
+                    await run_serving_hooks(self, "before")
+                except Exception as exc:
+                    log.exception("before_serving hook failed")
+                    await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    if self.background:
+                        await asyncio.wait(list(self.background), timeout=10)
+                    await run_serving_hooks(self, "after")
+                except Exception as exc:
+                    log.exception("after_serving hook failed")
+                    await send({"type": "lifespan.shutdown.failed", "message": repr(exc)})
+                    return
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.binding.loop is None:
+            self._bind()
+        if self.not_native or not self._has_async_views():
+            await self.wsgi.http(scope, receive, send)
+            return
+        app = self.flask_app
+        environ = self.wsgi.environ(scope)
+        ctx = app.request_context(environ)
+        if not self._route_is_async(ctx):
+            await self.wsgi.serve(environ, scope, receive, send)
+            return
+        if not await self._read_body(ctx, environ, scope, receive):
+            return  # the client left while sending the body
+        ext: Any = scope.get("extensions", {}).get("flask_async_worker") or {}
+        on_disconnect: Callable[[Callable[[], None] | None], None] | None = ext.get(
+            "on_disconnect"
+        )
+        task = asyncio.current_task()
+        if on_disconnect is not None:
+            if self.config.cancel_on_disconnect and task is not None:
+                on_disconnect(_canceller(task))
+            else:
+                on_disconnect(_ignore)
+        response = await self.dispatch.handle(ctx)
+        if on_disconnect is not None and task is not None:
+            # A stream whose client left is stopped at once: its generator's
+            # finally clauses run.
+            on_disconnect(_canceller(task))
+        await self.send_response(response, environ, send)
+
+    # -- routing -------------------------------------------------------------------------
+
+    def _has_async_views(self) -> bool:
+        views = self.flask_app.view_functions
+        if len(views) != self._views_seen:
+            self._views_seen = len(views)
+            self._kinds.clear()
+            self._any_async = any(
+                wraps_coroutine(v) or getattr(v, "view_class", None) is not None
+                for v in views.values()
+            )
+        return self._any_async
+
+    def _route_is_async(self, ctx: RequestContext) -> bool:
+        adapter = ctx.url_adapter
+        if adapter is None:
+            return False
+        request = ctx.request
+        try:
+            rule, args = adapter.match(return_rule=True)
+        except HTTPException:
+            # 404/405/redirects: Flask's own handling, on the thread path.
+            return False
+        request.url_rule, request.view_args = rule, dict(args)
+        key = (rule.endpoint, request.method)
+        kind = self._kinds.get(key)
+        if kind is None:
+            view = self.flask_app.view_functions.get(rule.endpoint)
+            kind = self._kinds[key] = view is not None and endpoint_is_async(view, request.method)
+        return kind
+
+    # -- request body ----------------------------------------------------------------------
+
+    async def _read_body(
+        self, ctx: RequestContext, environ: dict[str, Any], scope: Scope, receive: Receive
+    ) -> bool:
+        """Read the whole body before an async view runs, so that
+        ``request.form``/``get_json()`` never block the loop."""
+        length = environ.get("CONTENT_LENGTH")
+        if (
+            length is None
+            and "HTTP_TRANSFER_ENCODING" not in environ
+            and scope["http_version"] not in ("2", "3")
+        ):
+            environ["wsgi.input"] = io.BytesIO()
+            return True
+        app = self.flask_app
+        limit = app.config.get("MAX_CONTENT_LENGTH") or self.config.max_body
+        if length is not None and length.isdigit() and int(length) > limit:
+            environ["wsgi.input"] = io.BytesIO()
+            ctx.request.routing_exception = RequestEntityTooLarge()
+            return True
+        chunks: list[bytes] = []
+        size = 0
+        spool: Any = None
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return False
+            data = message.get("body", b"")
+            size += len(data)
+            if size > limit:
+                environ["wsgi.input"] = io.BytesIO()
+                environ.pop("CONTENT_LENGTH", None)
+                ctx.request.routing_exception = RequestEntityTooLarge()
+                if spool is not None:
+                    spool.close()
+                return True
+            if spool is None and size > self.config.spool_size:
+                # Owned by the request from here: werkzeug closes wsgi.input.
+                spool = tempfile.SpooledTemporaryFile(max_size=self.config.spool_size)  # noqa: SIM115
+                spool.write(b"".join(chunks))
+                chunks = []
+            if spool is not None:
+                spool.write(data)
+            elif data:
+                chunks.append(data)
+            if not message.get("more_body", False):
+                break
+        if spool is not None:
+            spool.seek(0)
+            environ["wsgi.input"] = spool
+        else:
+            environ["wsgi.input"] = io.BytesIO(b"".join(chunks))
+        environ["CONTENT_LENGTH"] = str(size)
+        return True
+
+    # -- response ------------------------------------------------------------------------
+
+    async def send_response(self, response: Response, environ: dict[str, Any], send: Send) -> None:
+        status = response.status_code
+        headers = response.get_wsgi_headers(environ)
+        start = {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (k.lower().encode("latin-1"), v.encode("latin-1"))
+                for k, v in headers.to_wsgi_list()
+            ],
+        }
+        body = response.response
+        if environ["REQUEST_METHOD"] == "HEAD" or status < 200 or status in _NO_BODY_STATUS:
+            await self._close(response)
+            await send(start)
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if is_async_iterable(body):
+            await self._send_async_iterable(response, start, send)
+        elif response.is_sequence and not response.direct_passthrough:
+            data = b"".join(response.iter_encoded())
+            response.close()
+            await send(start)
+            await send({"type": "http.response.body", "body": data})
+        else:
+            await self._send_sync_iterable(response, start, send)
+
+    async def _send_async_iterable(self, response: Response, start: Any, send: Send) -> None:
+        body: Any = response.response
+        iterator = body.__aiter__()
+        charset = "utf-8"
+        try:
+            await send(start)
+            async for chunk in iterator:
+                if isinstance(chunk, str):
+                    chunk = chunk.encode(charset)
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            await self._close(response)
+
+    async def _send_sync_iterable(self, response: Response, start: Any, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        source = response.response if response.direct_passthrough else response.iter_encoded()
+        iterator: Iterator[bytes] = iter(source)  # type: ignore[arg-type]
+        # One Context for every step: stream_with_context pushes the request
+        # context inside the generator and must find it on the next step.
+        ctx = contextvars.copy_context()
+        try:
+            await send(start)
+            while True:
+                chunk = await loop.run_in_executor(self.executor, ctx.run, _next, iterator)
+                if chunk is _END:
+                    break
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            await asyncio.shield(loop.run_in_executor(self.executor, ctx.run, response.close))
+
+    async def _close(self, response: Response) -> None:
+        if response.is_sequence or response.response is None:
+            response.close()
+        else:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self.executor, response.close)
+
+
+def _next(iterator: Iterator[bytes]) -> Any:
+    # StopIteration must not cross run_in_executor: it would never reach
+    # the awaiting task.
+    return next(iterator, _END)
+
+
+def _ignore() -> None:
+    return None
+
+
+def _canceller(task: asyncio.Task[Any]) -> Callable[[], None]:
+    def cancel() -> None:
+        task.cancel()
+
+    return cancel
