@@ -242,16 +242,19 @@ class WSGIAdapter:
         if client:
             environ["REMOTE_ADDR"] = client[0]
             environ["REMOTE_PORT"] = str(client[1])
-        ext = scope.get("extensions", {}).get("flask_async_worker")
-        if ext is not None:
-            environ["RAW_URI"] = ext["raw_uri"].decode("latin-1")
-            proxy = ext.get("proxy")
-            if proxy is not None:
-                environ.update(proxy.environ())
-        else:
+        ext = scope.get("extensions", {}).get("flask_async_worker") or {}
+        raw_uri = ext.get("raw_uri")
+        if raw_uri is None:
             query = scope["query_string"]
-            raw = raw_path + (b"?" + query if query else b"")
-            environ["RAW_URI"] = raw.decode("latin-1")
+            raw_uri = raw_path + (b"?" + query if query else b"")
+        environ["RAW_URI"] = raw_uri.decode("latin-1")
+        proxy = ext.get("proxy")
+        if proxy is not None:
+            environ.update(proxy.environ())
+        extra = ext.get("environ")
+        if extra:
+            # Keys a test harness passes through (werkzeug.debug.preserve_context).
+            environ.update(extra)
         for name, value in scope["headers"]:
             if name == b"content-type":
                 environ["CONTENT_TYPE"] = value.decode("latin-1")

@@ -228,6 +228,11 @@ class NativeDispatch:
                 raise
             return response
         finally:
+            preserve = ctx.request.environ.get("werkzeug.debug.preserve_context")
+            if preserve is not None:
+                # Flask's test client keeps the contexts for inspection.
+                preserve(_cv_app.get())
+                preserve(_cv_request.get())
             if error is not None and app.should_ignore_error(error):
                 error = None
             await self.pop(ctx, error)
