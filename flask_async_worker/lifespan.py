@@ -52,7 +52,9 @@ class Lifespan:
                 self._from_app.put_nowait({"type": "unsupported", "exc": exc})
                 if isinstance(exc, Exception):
                     return
-            else:
+            elif not isinstance(exc, asyncio.CancelledError | GeneratorExit):
+                # Cancelled: the worker is leaving without a shutdown (a quick
+                # exit or an abort), which is not the application's fault.
                 self.log.error("Exception in ASGI lifespan", exc_info=exc)
             raise
         finally:
@@ -86,7 +88,7 @@ class Lifespan:
         try:
             reply = await asyncio.wait_for(self._from_app.get(), self.timeout)
         except TimeoutError:
-            self.log.error("ASGI lifespan shutdown timed out after %ss", self.timeout)
+            self.log.error("ASGI lifespan shutdown timed out after %.1fs", self.timeout)
             self._task.cancel()
             return
         if reply["type"] == "lifespan.shutdown.failed":

@@ -115,6 +115,14 @@ class Server:
         self.pre_request = custom("pre_request")
         self.post_request = custom("post_request")
         log = self.log
+        error_log = getattr(log, "error_log", None)
+        if (
+            self.pre_request is None
+            and error_log is not None
+            and error_log.isEnabledFor(10)  # logging.DEBUG
+        ):
+            # gunicorn's default pre_request logs "GET /path" at debug level.
+            self.pre_request = cfg.pre_request
         enabled = getattr(log, "access_log_enabled", True)
         # A Statsd (or custom) logger wants every access() call for its
         # metrics even when no access log file is configured.
@@ -264,8 +272,10 @@ class HTTPConnection(asyncio.Protocol):
 
     __slots__ = (
         "_drain_waiter",
+        "_lingering",
         "_pipelined",
         "_proxy_buf",
+        "_send_mark",
         "client",
         "cycle",
         "deadline",
@@ -295,6 +305,8 @@ class HTTPConnection(asyncio.Protocol):
         self.read_paused = False
         self.write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        self._lingering = -1
+        self._send_mark = 0
         self._pipelined = 0
         self._proxy_buf: bytearray | None = None
         self.proxy_info: ProxyInfo | None = None
@@ -331,6 +343,11 @@ class HTTPConnection(asyncio.Protocol):
             self.begin_drain(self.loop.time() + self.settings.extra.drain_window)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering >= 0:
+            self._lingering += len(data)
+            if self._lingering > self.settings.extra.body_buffer * 4:
+                self.transport.close()
+            return
         if self._proxy_buf is not None:
             rest = self._feed_proxy(data)
             if rest is None:
@@ -354,10 +371,25 @@ class HTTPConnection(asyncio.Protocol):
                 self.pause_reading()
 
     def eof_received(self) -> bool | None:
+        if self._lingering >= 0:
+            return None
         self.driver.receive_data(b"")
-        # The peer will send nothing more.  Close once any response in
-        # progress is done; for the app, a client that left is a disconnect.
-        return None
+        if self.cycle is not None:
+            # The client closed its side while its request is being served:
+            # it left (RFC 9112 section 9.6 leaves this to the server), so the
+            # app hears http.disconnect and a stream stops at once.
+            return None
+        # Between requests: answer what was already sent in full, then close
+        # (process() closes once the driver has nothing more).
+        self.process()
+        if not self.serving() or self.scheme == "https":
+            # Keeping a TLS transport half-open is not supported.
+            return None
+        return True
+
+    def serving(self) -> bool:
+        """A request of this connection is being served."""
+        return self.cycle is not None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.deadline_kind = NO_DEADLINE
@@ -397,6 +429,7 @@ class HTTPConnection(asyncio.Protocol):
         if self.transport.is_closing():
             raise ClientDisconnected("client disconnected")
         waiter = self._drain_waiter = self.loop.create_future()
+        self._send_mark = self.transport.get_write_buffer_size()
         self.set_deadline(SEND, self.settings.extra.send_timeout)
         try:
             await waiter
@@ -442,6 +475,12 @@ class HTTPConnection(asyncio.Protocol):
                 self.transport.write(error_response(408))
             self.transport.close()
         elif kind == SEND:
+            size = self.transport.get_write_buffer_size()
+            if size < self._send_mark:
+                # A slow reader, not a stalled one: it read something since.
+                self._send_mark = size
+                self.set_deadline(SEND, self.settings.extra.send_timeout)
+                return
             log.warning(
                 "Send timeout to ip=%s: client read nothing for %ss",
                 self.client_ip,
@@ -474,7 +513,13 @@ class HTTPConnection(asyncio.Protocol):
                 assert self.cycle is not None
                 self.cycle.feed_end()
             else:
-                self.start_request(event)  # type: ignore[arg-type]
+                try:
+                    self.start_request(event)  # type: ignore[arg-type]
+                except ProtocolError as exc:
+                    # The header policy refuses some heads (contradictory
+                    # scheme headers, underscores with header_map=refuse).
+                    self.protocol_error(exc)
+                    return
         if driver.eof:
             cycle = self.cycle
             if cycle is None:
@@ -520,7 +565,10 @@ class HTTPConnection(asyncio.Protocol):
             return
         self.cycle = None
         if not cycle.keep_alive or not self.driver.start_next_cycle():
-            self.transport.close()
+            if not cycle.body_complete and not cycle.disconnected:
+                self._linger()
+            else:
+                self.transport.close()
             return
         if self.server.closing or not self.server.worker.alive:
             self.set_deadline(DRAIN, self.settings.extra.drain_window)
@@ -528,6 +576,20 @@ class HTTPConnection(asyncio.Protocol):
             self.set_deadline(KEEPALIVE, self.settings.keepalive)
         self.resume_reading()
         self.process()
+
+    def _linger(self) -> None:
+        """Close after a response sent before the request body was read.
+
+        Closing with unread bytes in the socket makes the kernel send a
+        reset, which can destroy the response before the client reads it.
+        So the rest of the body is read and discarded, bounded in time and
+        size, and the socket closed after (nginx's lingering close).
+        """
+        self._lingering = 0
+        if self.scheme != "https" and self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.resume_reading()
+        self.set_deadline(DRAIN, self.settings.extra.linger_timeout)
 
     def begin_drain(self, deadline: float) -> None:
         """Graceful stop: idle connections close after a short window, in
@@ -565,8 +627,11 @@ class HTTPConnection(asyncio.Protocol):
         self._proxy_buf = None
         self.proxy_info = info
         if info.client_addr is not None and info.client_port is not None:
+            # Only the address changes: whether scheme and forwarder headers
+            # are trusted stays a question about the socket peer (the
+            # balancer), as in gunicorn, which checks forwarded_allow_ips
+            # against the peer and not the client a PROXY header names.
             self.client = (info.client_addr, info.client_port)
-            self.trusted = self.server.policy.is_trusted(info.client_addr)
         return bytes(buf[consumed:])
 
 
@@ -580,6 +645,7 @@ class RequestCycle:
         "body_size",
         "bytes_sent",
         "conn",
+        "disconnect_handler",
         "disconnected",
         "end_delivered",
         "keep_alive",
@@ -627,6 +693,7 @@ class RequestCycle:
                 "flask_async_worker": {
                     "raw_uri": request.target,
                     "proxy": conn.proxy_info,
+                    "on_disconnect": self.set_disconnect_handler,
                 },
             },
         }
@@ -634,6 +701,7 @@ class RequestCycle:
         self.body_size = 0
         self.body_complete = not request.has_body
         self.disconnected = False
+        self.disconnect_handler: Callable[[], None] | None = None
         self.end_delivered = False
         self.waiter: asyncio.Future[None] | None = None
         self.response_started = False
@@ -668,12 +736,24 @@ class RequestCycle:
             return
         self.disconnected = True
         self._wake()
+        handler = self.disconnect_handler
+        if handler is not None:
+            handler()
+            return
         task = self.task
         if task is not None and not task.done() and not self.response_complete:
             # The app hears http.disconnect (or ClientDisconnected from
             # send); if it carries on regardless it is cancelled after the
             # grace period, so a stream nobody reads cannot run forever.
             self.conn.loop.call_later(self.conn.settings.disconnect_grace, _cancel, task)
+
+    def set_disconnect_handler(self, handler: Callable[[], None] | None) -> None:
+        """Let the app decide what a disconnect does to its work (the
+        ``on_disconnect`` extension); by default the app task is cancelled
+        ``asgi_disconnect_grace_period`` seconds after the client left."""
+        self.disconnect_handler = handler
+        if handler is not None and self.disconnected:
+            handler()
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -734,7 +814,6 @@ class RequestCycle:
         self.response_headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", b"%d" % len(body)),
-            (b"connection", b"close"),
         ]
         self.response_started = True
         self._write_head_and(body, more=False)

@@ -48,11 +48,17 @@ class Extra:
     #: begins, so a request already on the wire is answered (with
     #: ``Connection: close``) instead of meeting a reset.
     drain_window: float = 1.0
+    #: Seconds the rest of an unread request body is read and discarded
+    #: before closing, so the response is not lost to a reset.
+    linger_timeout: float = 2.0
     #: Seconds a TLS handshake may take.
     ssl_handshake_timeout: float = 10.0
     #: Seconds between timeout sweeps and heartbeats; timeouts are enforced
     #: with this resolution.
     tick: float = 0.5
+    #: The event loop silent for longer than this (seconds) is reported in
+    #: the error log with the stack of the code that blocked it.
+    blocking_threshold: float = 0.5
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Extra:

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 import signal
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -30,8 +32,13 @@ from gunicorn.workers import base
 from .lifespan import Lifespan, LifespanFailure
 from .server import ASGIApp, Server
 from .settings import Settings
+from .watchdog import LoopWatchdog
 
 WORKER_BOOT_ERROR = 3
+#: Seconds the executor's threads get to finish at process exit after a
+#: clean stop; after a quick exit, an abort or an expired graceful timeout
+#: the worker has given up on them and does not wait at all.
+THREAD_EXIT_GRACE = 0.25
 
 
 def is_asgi(app: Any) -> bool:
@@ -63,6 +70,8 @@ class AsyncioWorker(base.Worker):  # type: ignore[misc]
         self.settings: Settings = None  # type: ignore[assignment]
         self.asgi: ASGIApp = None  # type: ignore[assignment]
         self.quick_exit = False
+        self.exit_code = 0
+        self.abandoned = False
         self._stop_event: asyncio.Event | None = None
 
     @staticmethod
@@ -84,6 +93,9 @@ class AsyncioWorker(base.Worker):  # type: ignore[misc]
             max_workers=self.settings.threads, thread_name_prefix="flask-async-worker"
         )
         self.loop.set_default_executor(self.executor)
+        register = getattr(threading, "_register_atexit", None)
+        if register is not None:
+            register(self._exit_despite_busy_threads)
         super().init_process()
 
     def init_signals(self) -> None:
@@ -149,8 +161,37 @@ class AsyncioWorker(base.Worker):  # type: ignore[misc]
 
     def handle_abort(self, sig: int, frame: Any) -> None:
         self.alive = False
+        self.exit_code = 1
+        self.abandoned = True
         self.cfg.worker_abort(self)
         sys.exit(1)
+
+    def _exit_despite_busy_threads(self) -> None:
+        """Leave without waiting for sync calls nobody waits for any more.
+
+        Python joins every executor thread at exit, so a sync view still
+        running after a quick exit, an abort or an expired graceful timeout
+        would keep the process alive until it returns (or until the arbiter
+        SIGKILLs it).  This runs at interpreter shutdown, after the arbiter
+        code has called ``worker_exit``, and before the threads are joined.
+        """
+        executor = self.executor
+        if executor is None:
+            return
+        threads = list(getattr(executor, "_threads", ()))
+        deadline = time.monotonic() + (0.0 if self.abandoned else THREAD_EXIT_GRACE)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        busy = sum(t.is_alive() for t in threads)
+        if not busy:
+            return
+        self.log.warning("Exiting with %d sync call(s) still running in threads", busy)
+        try:
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(self.exit_code)
 
     # -- the main loop ---------------------------------------------------------------
 
@@ -159,6 +200,7 @@ class AsyncioWorker(base.Worker):  # type: ignore[misc]
             self.loop.run_until_complete(self._serve())
         except LifespanFailure as exc:
             self.log.error("Application start-up failed: %s", exc)
+            self.exit_code = WORKER_BOOT_ERROR
             sys.exit(WORKER_BOOT_ERROR)
         finally:
             self._close_loop()
@@ -170,12 +212,20 @@ class AsyncioWorker(base.Worker):  # type: ignore[misc]
         server = self.server = Server(self.asgi, self.settings, self, self.loop, lifespan.state)
         await server.start([s.sock for s in self.sockets], self._ssl_context())
         heartbeat = self.loop.create_task(self._heartbeat(server))
+        watchdog = LoopWatchdog(self.loop, self.settings.extra.blocking_threshold, self.log)
+        watchdog.start()
         try:
             await self._stop_event.wait()
+            # The arbiter SIGKILLs the worker graceful_timeout after it asked
+            # it to stop; the app's shutdown gets what the drain left of that
+            # (less a moment for worker_exit), not a fixed minute.
+            deadline = time.monotonic() + self.settings.graceful_timeout - 0.25
             await self._stop(server)
             if not self.quick_exit:
+                lifespan.timeout = max(0.1, min(lifespan.timeout, deadline - time.monotonic()))
                 await lifespan.shutdown()
         finally:
+            watchdog.stop()
             heartbeat.cancel()
 
     async def _heartbeat(self, server: Server) -> None:
@@ -193,23 +243,29 @@ class AsyncioWorker(base.Worker):  # type: ignore[misc]
 
     async def _stop(self, server: Server) -> None:
         started = time.monotonic()
+        drained = False
         if not self.quick_exit:
             # The arbiter kills the worker at graceful_timeout; keep a margin
             # so the app's shutdown hooks and worker_exit still run.
-            budget = self.settings.graceful_timeout * 0.95
+            timeout = self.settings.graceful_timeout
+            budget = timeout - min(max(timeout * 0.05, 0.5), timeout / 2)
             drain = asyncio.ensure_future(server.drain(budget))
             while not drain.done() and not self.quick_exit:
                 self._stop_event.clear()  # type: ignore[union-attr]
                 waiter = asyncio.ensure_future(self._stop_event.wait())  # type: ignore[union-attr]
                 await asyncio.wait((drain, waiter), return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
-            if drain.done() and not drain.result():
+            drained = drain.done() and not drain.cancelled() and drain.result()
+            if drain.done() and not drained:
                 self.log.warning(
                     "Graceful timeout: closing %d connection(s) still open after %.1fs",
                     len(server.connections),
                     time.monotonic() - started,
                 )
             drain.cancel()
+        # Requests still running now are given up on: at exit, sync calls
+        # still in the executor are not waited for.
+        self.abandoned = not drained
         server.abort_all()
         await server.cancel_requests()
 
@@ -229,6 +285,15 @@ class AsyncioWorker(base.Worker):  # type: ignore[misc]
             if self.executor is not None:
                 self.executor.shutdown(wait=False, cancel_futures=True)
             if not loop.is_closed():
+                # A quick exit (SIGQUIT/SIGINT) skips the lifespan shutdown and
+                # SIGABRT leaves from the middle of a request: cancel what is
+                # left, as asyncio.run does, instead of letting the closed loop
+                # destroy pending tasks (which logs errors from their finally).
+                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.wait(pending, timeout=1.0))
                 loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.close()
         except Exception:  # pragma: no cover - best effort at exit

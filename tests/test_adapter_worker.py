@@ -254,3 +254,14 @@ def test_hello_example(gunicorn):
 
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1")
+
+
+def test_watchdog_names_code_blocking_the_loop(stream_server):
+    r = httpx.get(f"{stream_server.url}/block-in-async?s=0.8")
+    assert r.status_code == 200
+    match = stream_server.wait_for_log(
+        r"Event loop blocked for (\d+) ms by sync code:\n((?:.*\n){1,20})"
+    )
+    assert int(match.group(1)) >= 700
+    assert "block_in_async" in match.group(2)
+    assert "time.sleep" in match.group(2)

@@ -45,6 +45,7 @@ _ABSOLUTE_FORM = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.D
 _SUPPORTED_VERSIONS = {b"1.1": "1.1", b"1.0": "1.0"}
 # RFC 9112 section 3.2: a request-target is visible ASCII only.
 _TARGET_INVALID = re.compile(rb"[^\x21-\x7e]")
+_REASON_INVALID = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,10 @@ class H11Driver:
             if not self._head_checked and not self._check_head():
                 return None
             return self._read_head()
+        if self._conn.their_state is h11.MUST_CLOSE:
+            # RFC 9112 section 9.6: after a request that closes the
+            # connection, anything more the client sent is never processed.
+            return None
         try:
             event = self._conn.next_event()
         except h11.RemoteProtocolError as exc:
@@ -193,7 +198,8 @@ class H11Driver:
                 nxt = head.find(b"\r\n", pos)
                 if nxt == pos or nxt == -1:
                     break
-                if nxt - pos > limit:
+                # gunicorn counts the field line with its CRLF.
+                if nxt - pos + 2 > limit:
                     raise ProtocolError("header field too large", 431)
                 pos = nxt + 2
         te_values = _TRANSFER_ENCODING.findall(head)
@@ -229,6 +235,8 @@ class H11Driver:
         host: bytes | None = None
         expect_continue = False
         content_type_seen = False
+        close = version != "1.1"
+        has_body = False
         for name, value in headers:
             if name == b"host":
                 host = value
@@ -241,10 +249,20 @@ class H11Driver:
                 if content_type_seen:
                     raise ProtocolError("more than one Content-Type")
                 content_type_seen = True
+            elif name == b"connection":
+                close = close or b"close" in [t.strip(b" \t").lower() for t in value.split(b",")]
+            elif name == b"transfer-encoding":
+                has_body = True
+            elif name == b"content-length":
+                # Checked to be 1-18 digits by _validate_head.
+                has_body = int(value) > 0
         if host is not None and _HOST.fullmatch(host) is None:
             raise ProtocolError("invalid Host header")
         target = event.target
         method = event.method
+        if method == b"CONNECT":
+            # Whatever its target: h11 would treat a 2xx answer as a tunnel.
+            raise ProtocolError("CONNECT is not supported", 501)
         if _TARGET_INVALID.search(target) is not None:
             raise ProtocolError("invalid byte in request target")
         if target[:1] == b"/":
@@ -255,15 +273,16 @@ class H11Driver:
         else:
             match = _ABSOLUTE_FORM.fullmatch(target)
             if match is None:
-                if method == b"CONNECT":
-                    raise ProtocolError("CONNECT is not supported", 501)
                 raise ProtocolError("invalid request target")
             scheme, authority, rest = match.groups()
             if scheme.lower() not in (b"http", b"https") or not authority:
                 raise ProtocolError("invalid absolute-form request target")
             if _HOST.fullmatch(authority) is None:
                 raise ProtocolError("invalid authority in request target")
-            # RFC 9112 section 3.2.2: the target's authority wins over Host.
+            # RFC 9112 section 3.2.2: the target's authority wins over Host;
+            # the application learns the host from the Host header.
+            headers = [(n, v) for n, v in headers if n != b"host"]
+            headers.append((b"host", authority))
             if rest[:1] not in (b"", b"/", b"?", b"#"):
                 raise ProtocolError("invalid absolute-form request target")
             if rest[:1] != b"/":
@@ -277,7 +296,6 @@ class H11Driver:
         elif b"#" in query:
             query = query.partition(b"#")[0]
         conn = self._conn
-        has_body = conn.their_state is h11.SEND_BODY
         return Request(
             method,
             target,
@@ -286,18 +304,24 @@ class H11Driver:
             authority,
             version,
             headers,
-            keep_alive=conn.our_state is not h11.MUST_CLOSE,
+            keep_alive=not close and conn.our_state is not h11.MUST_CLOSE,
             expect_continue=expect_continue and has_body,
             has_body=has_body,
         )
 
     @property
     def body_complete(self) -> bool:
-        return self._conn.their_state is not h11.SEND_BODY
+        state = self._conn.their_state
+        return state is not h11.SEND_BODY and state is not h11.ERROR
 
     @property
     def waiting_for_continue(self) -> bool:
-        return bool(self._conn.they_are_waiting_for_100_continue)
+        request = self._request
+        return (
+            request is not None
+            and request.expect_continue
+            and bool(self._conn.they_are_waiting_for_100_continue)
+        )
 
     @property
     def buffered(self) -> int:
@@ -307,9 +331,16 @@ class H11Driver:
     # -- output --------------------------------------------------------------
 
     def send_informational(self, status: int, headers: Headers) -> bytes:
-        return self._conn.send(h11.InformationalResponse(status_code=status, headers=headers))
+        try:
+            return self._conn.send(h11.InformationalResponse(status_code=status, headers=headers))
+        except h11.LocalProtocolError as exc:
+            raise ValueError(str(exc)) from None
 
     def send_response(self, status: int, headers: Headers, reason: bytes = b"") -> bytes:
+        # h11 writes the reason phrase unchecked (RFC 9112 section 4:
+        # HTAB / SP / VCHAR / obs-text only).
+        if _REASON_INVALID.search(reason) is not None:
+            raise ValueError(f"invalid reason phrase {reason!r}")
         try:
             return self._conn.send(
                 h11.Response(status_code=status, headers=headers, reason=reason)
@@ -327,6 +358,9 @@ class H11Driver:
     def response_will_close(self) -> bool:
         """The response being sent ends the connection (h11 decided, from
         HTTP/1.0, ``Connection: close`` on either side, or framing)."""
+        request = self._request
+        if request is not None and not request.keep_alive:
+            return True
         return self._conn.our_state is h11.MUST_CLOSE
 
     def start_next_cycle(self) -> bool:

@@ -132,6 +132,33 @@ async def app(scope: State, receive: Any, send: Any) -> None:
             EVENTS.append(f"big sent={sent}")
     elif path == "/events":
         await respond(send, 200, "\n".join(EVENTS).encode())
+    elif path == "/hit":
+        # Records that the app was reached (with a tag from the query), then
+        # reads the body: tests of bad input assert the tag never appears.
+        tag = query.get("tag", ["-"])[0]
+        EVENTS.append(f"hit {tag}")
+        body, complete = await read_body(receive)
+        EVENTS.append(f"hit {tag} complete={complete} n={len(body)}")
+        if complete:
+            await respond(send, 200, b"hit")
+    elif path == "/slow-read":
+        # Reads the body slowly and keeps none of it: the server must stop
+        # reading from the socket instead of buffering the upload.
+        delay = float(query.get("d", ["0.01"])[0])
+        total = 0
+        complete = False
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            total += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                complete = True
+                break
+            await asyncio.sleep(delay)
+        EVENTS.append(f"slow-read complete={complete} n={total}")
+        if complete:
+            await respond(send, 200, str(total).encode())
     elif path == "/early-hints":
         await send(
             {

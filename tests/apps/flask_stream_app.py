@@ -172,3 +172,9 @@ async def run_sync_view() -> Response:
 @app.get("/pid")
 def pid() -> str:
     return str(os.getpid())
+
+
+@app.get("/block-in-async")
+async def block_in_async() -> Response:
+    time.sleep(float(request.args.get("s", "0.3")))  # the mistake the watchdog names
+    return jsonify(ok=True)
