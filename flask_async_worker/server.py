@@ -56,6 +56,7 @@ DRAIN = 5  # idle during a graceful stop
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _NO_BODY_STATUS = frozenset((204, 304))
+_PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 _REASONS = {int(s): s.phrase.encode("ascii") for s in HTTPStatus}
 
 
@@ -282,6 +283,7 @@ class HTTPConnection(asyncio.Protocol):
         "deadline_kind",
         "driver",
         "loop",
+        "proxy_denied",
         "proxy_info",
         "read_paused",
         "scheme",
@@ -310,6 +312,7 @@ class HTTPConnection(asyncio.Protocol):
         self._pipelined = 0
         self._proxy_buf: bytearray | None = None
         self.proxy_info: ProxyInfo | None = None
+        self.proxy_denied = False
         self.client: tuple[str, int] | None = None
         self.server_addr: tuple[str, int | None] | None = None
         self.scheme = "http"
@@ -334,8 +337,11 @@ class HTTPConnection(asyncio.Protocol):
             self.scheme = "https"
         peer_ip = self.client[0] if self.client else None
         self.trusted = server.policy.is_trusted(peer_ip)
-        if self.settings.proxy_protocol != "off" and peer_ip in server.proxy_allow:
-            self._proxy_buf = bytearray()
+        if self.settings.proxy_protocol != "off":
+            if peer_ip in server.proxy_allow:
+                self._proxy_buf = bytearray()
+            else:
+                self.proxy_denied = True
         self.transport.set_write_buffer_limits(high=self.settings.extra.write_buffer)
         self.set_deadline(HEAD, self.settings.extra.header_timeout)
         server.connection_opened(self)
@@ -348,6 +354,13 @@ class HTTPConnection(asyncio.Protocol):
             if self._lingering > self.settings.extra.body_buffer * 4:
                 self.transport.close()
             return
+        if self.proxy_denied:
+            self.proxy_denied = False
+            if data.startswith((b"PROXY ", _PROXY_V2_SIGNATURE)):
+                # gunicorn's ForbiddenProxyRequest: a PROXY header from a
+                # peer outside proxy_allow_ips.
+                self.protocol_error(ProtocolError("PROXY header from a disallowed peer", 403))
+                return
         if self._proxy_buf is not None:
             rest = self._feed_proxy(data)
             if rest is None:
@@ -611,7 +624,7 @@ class HTTPConnection(asyncio.Protocol):
         try:
             result = parse_proxy_header(buf, self.settings.proxy_protocol)
         except ProtocolError as exc:
-            if not buf.startswith((b"PROXY", b"\r\n\r\n\x00\r\nQUIT\n")):
+            if not buf.startswith((b"PROXY", _PROXY_V2_SIGNATURE)):
                 # gunicorn lets a trusted peer omit the header.
                 self._proxy_buf = None
                 return bytes(buf)
@@ -773,10 +786,12 @@ class RequestCycle:
             if not self.disconnected:
                 self._fail(None)
                 raise
-        except BaseException as exc:
+        except (SystemExit, KeyboardInterrupt):
+            # The worker is leaving (SIGABRT's handler raised in app code):
+            # not an application error; the connection goes with the process.
+            raise
+        except Exception as exc:
             self._fail(exc)
-            if not isinstance(exc, Exception):
-                raise
         else:
             if not self.response_complete and not self.disconnected:
                 if not self.response_started:

@@ -219,7 +219,7 @@ class AsyncioWorker(base.Worker):  # type: ignore[misc]
             # The arbiter SIGKILLs the worker graceful_timeout after it asked
             # it to stop; the app's shutdown gets what the drain left of that
             # (less a moment for worker_exit), not a fixed minute.
-            deadline = time.monotonic() + self.settings.graceful_timeout - 0.25
+            deadline = time.monotonic() + self.settings.graceful_timeout - 0.5
             await self._stop(server)
             if not self.quick_exit:
                 lifespan.timeout = max(0.1, min(lifespan.timeout, deadline - time.monotonic()))
