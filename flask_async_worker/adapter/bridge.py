@@ -9,11 +9,15 @@ the extension point Flask documents) with :func:`make_async_to_sync`:
 * called from an executor thread (a sync view, or Flask's own request
   handling on the thread path), the coroutine is run on the worker's loop
   and the thread waits for it — ``run_coroutine_threadsafe`` carries the
-  thread's context (request, ``g``, session) into the coroutine;
-* called on the loop thread while the adapter is calling a view function,
-  the coroutine is handed back un-awaited: a sync decorator around an async
-  view (``login_required``, ``MethodView.dispatch_request``) returns what
-  ``ensure_sync(view)(...)`` returns, and the adapter awaits it;
+  thread's context (request, ``g``, session) into the coroutine, and
+  ``ContextVar`` values it sets are carried back, as asgiref does;
+* called on the loop thread, for the view's own coroutine function, while
+  the adapter is calling a sync wrapper around it, the coroutine is handed
+  back un-awaited: a sync decorator around an async view
+  (``login_required``, ``MethodView.dispatch_request``) returns what
+  ``ensure_sync(view)(...)`` returns, and the adapter awaits it.  Any other
+  coroutine function the wrapper runs (an async permission check, say) is
+  treated as below: its result is what the wrapper gets, never a coroutine;
 * called on the loop thread anywhere else (an async context processor
   while a template renders, say), the coroutine is run to completion if it
   finishes without suspending; one that really waits cannot be run there
@@ -32,10 +36,18 @@ from typing import Any
 
 from flask import Flask
 
-#: Set while the adapter calls a view function on the loop thread.
-PASSTHROUGH: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "flask_async_worker.passthrough", default=False
+#: While the adapter calls a sync wrapper around an async view on the loop
+#: thread: the view's own coroutine functions (unbound), whose coroutines
+#: ``ensure_sync`` hands back un-awaited for the adapter to await.
+PASSTHROUGH: contextvars.ContextVar[frozenset[Any]] = contextvars.ContextVar(
+    "flask_async_worker.passthrough", default=frozenset()
 )
+
+
+def passes_through(func: Any) -> bool:
+    """Is ``func`` (maybe a bound method) one of the view's coroutine functions?"""
+    targets = PASSTHROUGH.get()
+    return bool(targets) and getattr(func, "__func__", func) in targets
 
 
 class LoopBinding:
@@ -51,6 +63,19 @@ class LoopBinding:
 
     def on_loop_thread(self) -> bool:
         return self.thread == threading.get_ident()
+
+
+_UNSET = object()
+
+
+def restore_context(context: contextvars.Context) -> None:
+    """Carry ``ContextVar`` values set while running in ``context`` (a copy)
+    back into the current context, as if the code had run here — what
+    asgiref's ``async_to_sync`` does, so that a var set by a hook run
+    elsewhere is seen by the view, as under Flask."""
+    for var, value in context.items():
+        if var.get(_UNSET) is not value:
+            var.set(value)
 
 
 def run_without_suspending(coro: Coroutine[Any, Any, Any], name: str) -> Any:
@@ -79,10 +104,22 @@ def make_async_to_sync(
                 return flask_default(func)(*args, **kwargs)
             if binding.on_loop_thread():
                 coro = func(*args, **kwargs)
-                if PASSTHROUGH.get():
+                if passes_through(func):
                     return coro
                 return run_without_suspending(coro, getattr(func, "__qualname__", repr(func)))
-            return asyncio.run_coroutine_threadsafe(func(*args, **kwargs), loop).result()
+            captured: list[contextvars.Context] = []
+
+            async def main() -> Any:
+                try:
+                    return await func(*args, **kwargs)
+                finally:
+                    captured.append(contextvars.copy_context())
+
+            try:
+                return asyncio.run_coroutine_threadsafe(main(), loop).result()
+            finally:
+                if captured:
+                    restore_context(captured[0])
 
         run.__wrapped__ = func  # type: ignore[attr-defined]
         return run

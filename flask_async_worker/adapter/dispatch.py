@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import sys
 import time
@@ -45,7 +46,7 @@ from flask.signals import (
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.routing import RoutingException
 
-from .bridge import PASSTHROUGH
+from .bridge import PASSTHROUGH, restore_context
 
 #: Flask methods the native path re-implements: an app that overrides any
 #: of them is served on the thread path, where its override runs.
@@ -61,6 +62,9 @@ MIRRORED = (
     "handle_exception",
     "do_teardown_request",
     "do_teardown_appcontext",
+    # not re-implemented, but never called on the native path:
+    "ensure_sync",
+    "__call__",
 )
 
 
@@ -73,6 +77,11 @@ def customised(app: Flask) -> list[str]:
     ]
     if "wsgi_app" in vars(app):
         reasons.append("app.wsgi_app is wrapped by WSGI middleware")
+    reasons.extend(
+        f"app.{name} is replaced on the instance"
+        for name in MIRRORED
+        if name != "wsgi_app" and name in vars(app)
+    )
     ctx_cls = type(app).request_context
     if ctx_cls is not Flask.request_context:
         reasons.append("request_context is overridden")
@@ -92,13 +101,6 @@ def supported() -> bool:
             and hasattr(app, "_find_error_handler")
             and hasattr(app, "_got_first_request")
         )
-
-
-def _sync_wrapper(func: Callable[..., Any]) -> Callable[..., Coroutine[Any, Any, Any]]:
-    async def call(*args: Any, **kwargs: Any) -> Any:
-        return func(*args, **kwargs)
-
-    return call
 
 
 class NativeDispatch:
@@ -132,7 +134,11 @@ class NativeDispatch:
         if self.hooks_in_executor:
             loop = asyncio.get_running_loop()
             ctx = contextvars.copy_context()
-            rv = await loop.run_in_executor(self.executor, ctx.run, func, *args)
+            try:
+                rv = await loop.run_in_executor(self.executor, ctx.run, func, *args)
+            finally:
+                # A var the hook set is seen by the view, as under Flask.
+                restore_context(ctx)
         else:
             started = time.perf_counter()
             rv = func(*args)
@@ -144,6 +150,8 @@ class NativeDispatch:
         return rv
 
     def report_blocking(self, func: Callable[..., Any], elapsed: float) -> None:
+        if isinstance(func, functools.partial):
+            func = func.func
         name = getattr(func, "__qualname__", None) or repr(func)
         module = getattr(func, "__module__", "")
         self.log(
@@ -156,7 +164,15 @@ class NativeDispatch:
 
     async def signal(self, sig: Any, **kwargs: Any) -> None:
         if sig.receivers:
-            await sig.send_async(self.app, _sync_wrapper=_sync_wrapper, **kwargs)
+            await sig.send_async(self.app, _sync_wrapper=self._sync_receiver, **kwargs)
+
+    def _sync_receiver(self, func: Callable[..., Any]) -> Callable[..., Coroutine[Any, Any, Any]]:
+        # A sync receiver is sync user code like a hook: reported when it
+        # blocks the loop, moved to the pool by ASYNC_WORKER_SYNC_HOOKS.
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await self.call(functools.partial(func, *args, **kwargs))
+
+        return call
 
     # -- contexts ----------------------------------------------------------------------
 
@@ -279,8 +295,8 @@ class NativeDispatch:
         if inspect.iscoroutinefunction(view):
             return await view(**view_args)
         # A sync function around an async view: ensure_sync inside it hands
-        # the coroutine back (see bridge.py), and it is awaited here.
-        token = PASSTHROUGH.set(True)
+        # the view's coroutine back (see bridge.py), and it is awaited here.
+        token = PASSTHROUGH.set(view_coroutine_functions(view, req.method))
         try:
             started = time.perf_counter()
             rv = view(**view_args)
@@ -369,6 +385,28 @@ class NativeDispatch:
         for func in reversed(app.teardown_appcontext_funcs):
             await self.call(func, exc)
         await self.signal(appcontext_tearing_down, exc=exc)
+
+
+def view_coroutine_functions(view: Any, method: str) -> frozenset[Any]:
+    """The coroutine functions a sync ``view`` wraps: along ``__wrapped__``,
+    and a ``view_class``'s handler for ``method`` and ``dispatch_request``."""
+    found: set[Any] = set()
+    func, depth = view, 10
+    while func is not None and depth > 0:
+        if inspect.iscoroutinefunction(func):
+            found.add(getattr(func, "__func__", func))
+        func = getattr(func, "__wrapped__", None)
+        depth -= 1
+    view_class = getattr(view, "view_class", None)
+    if view_class is not None:
+        names = [method.lower(), "dispatch_request"]
+        if method == "HEAD":
+            names.append("get")
+        for name in names:
+            handler = getattr(view_class, name, None)
+            if handler is not None and inspect.iscoroutinefunction(handler):
+                found.add(getattr(handler, "__func__", handler))
+    return frozenset(found)
 
 
 def is_async_iterable(value: Any) -> bool:
