@@ -48,3 +48,11 @@ test: $(STAMP) system-deps lint typecheck
 
 clean:
 	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache
+
+# Benchmarks against the alternatives (bench/run.py makes its own bench/.venv);
+# writes docs/benchmarks.rst, docs/_static/benchmarks.png and bench/PROFILE.md.
+# BENCH_ARGS="--quick" or "--only 3,gthread" narrow the run.
+BENCH_ARGS ?=
+.PHONY: bench
+bench:
+	$(PYTHON) bench/run.py $(BENCH_ARGS)
