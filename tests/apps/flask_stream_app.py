@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 import threading
@@ -33,6 +34,9 @@ async def start() -> None:
 
 @serving.after_serving
 async def stop() -> None:
+    # The sparse file /file serves belongs to this worker: leave no trace.
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(BIG_FILE)
     marker = os.environ.get("SERVING_MARKER")
     if marker:
         with open(marker, "a") as f:
