@@ -2,8 +2,17 @@
 
 The arbiter stays unchanged: it forks these workers, watches their
 heartbeat, signals them and replaces them.  A worker process owns one event
-loop, one thread pool for sync code (sized by gunicorn's ``threads``), and a
-:class:`~flask_async_worker.server.Server` on gunicorn's listening sockets.
+loop, a :class:`~flask_async_worker.server.Server` on gunicorn's listening
+sockets, and two thread pools, both sized by gunicorn's ``threads``:
+
+* the sync pool runs the app's sync code (sync views, Flask's ``wsgi_app``);
+  its threads may block waiting for the loop (``ensure_sync``, reading the
+  request body, sending the response);
+* the offload pool is the loop's default executor: ``run_sync``,
+  ``asyncio.to_thread``, ``loop.run_in_executor(None)`` and ``getaddrinfo``
+  run there.  Coroutines wait for it, so it must not be the sync pool:
+  with every sync thread blocked in ``ensure_sync`` on a coroutine that
+  needs a thread, the worker would hang for good.
 
 Signals follow gunicorn's contract: SIGTERM is a graceful stop bounded by
 ``graceful_timeout``; SIGQUIT and SIGINT a quick one (after ``worker_int``);
@@ -67,6 +76,7 @@ class AsyncioWorker(base.Worker):  # type: ignore[misc]
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.server: Server | None = None
         self.executor: ThreadPoolExecutor | None = None
+        self.offload: ThreadPoolExecutor | None = None
         self.settings: Settings = None  # type: ignore[assignment]
         self.asgi: ASGIApp = None  # type: ignore[assignment]
         self.quick_exit = False
@@ -92,7 +102,10 @@ class AsyncioWorker(base.Worker):  # type: ignore[misc]
         self.executor = ThreadPoolExecutor(
             max_workers=self.settings.threads, thread_name_prefix="flask-async-worker"
         )
-        self.loop.set_default_executor(self.executor)
+        self.offload = ThreadPoolExecutor(
+            max_workers=self.settings.threads, thread_name_prefix="flask-async-worker-offload"
+        )
+        self.loop.set_default_executor(self.offload)
         register = getattr(threading, "_register_atexit", None)
         if register is not None:
             register(self._exit_despite_busy_threads)
@@ -127,7 +140,13 @@ class AsyncioWorker(base.Worker):  # type: ignore[misc]
             return app  # type: ignore[no-any-return]
         from .wsgi import WSGIAdapter
 
-        return WSGIAdapter(app, executor=self.executor, **self._wsgi_options())
+        wsgi = WSGIAdapter(app, executor=self.executor, **self._wsgi_options())
+        if Flask is None:
+            return wsgi  # pragma: no cover
+        from .adapter.bridge import BridgedApp
+
+        # Flask apps inside (DispatcherMiddleware) run async code on this loop.
+        return BridgedApp(wsgi)
 
     def _wsgi_options(self) -> dict[str, Any]:
         from gunicorn import SERVER_SOFTWARE
@@ -175,10 +194,14 @@ class AsyncioWorker(base.Worker):  # type: ignore[misc]
         SIGKILLs it).  This runs at interpreter shutdown, after the arbiter
         code has called ``worker_exit``, and before the threads are joined.
         """
-        executor = self.executor
-        if executor is None:
+        threads = [
+            thread
+            for pool in (self.executor, self.offload)
+            if pool is not None
+            for thread in getattr(pool, "_threads", ())
+        ]
+        if not threads:
             return
-        threads = list(getattr(executor, "_threads", ()))
         deadline = time.monotonic() + (0.0 if self.abandoned else THREAD_EXIT_GRACE)
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -282,8 +305,9 @@ class AsyncioWorker(base.Worker):  # type: ignore[misc]
     def _close_loop(self) -> None:
         loop = self.loop
         try:
-            if self.executor is not None:
-                self.executor.shutdown(wait=False, cancel_futures=True)
+            for pool in (self.executor, self.offload):
+                if pool is not None:
+                    pool.shutdown(wait=False, cancel_futures=True)
             if not loop.is_closed():
                 # A quick exit (SIGQUIT/SIGINT) skips the lifespan shutdown and
                 # SIGABRT leaves from the middle of a request: cancel what is

@@ -1,16 +1,28 @@
 """Serve a Flask application as ASGI.
 
-Each request is routed first (Werkzeug's URL map, as Flask does), and the
-endpoint decides the path it takes:
+Each request is routed first (Werkzeug's URL map, as Flask does, see
+``routing.py``), and the endpoint decides the path it takes:
 
-* an ``async def`` view — or a sync wrapper around one (a decorator with
-  ``functools.wraps``, a ``View``/``MethodView`` whose handler for the
-  method is async) — is served natively on the loop by
-  :class:`~.dispatch.NativeDispatch`: the body is read first (bounded,
-  spooled to disk when large), hooks and view run in the request's task,
-  and the response is streamed from the loop;
+* an ``async def`` view — or a sync wrapper that passes an async view's
+  result straight through (a decorator with ``functools.wraps`` such as
+  ``login_required``, a ``View``/``MethodView`` whose handler for the
+  method is async; see ``views.py``) — is served natively on the loop by
+  :class:`~.dispatch.NativeDispatch`: the body is received before user code
+  reads it (bounded, spooled to disk when large; see ``body.py``), hooks
+  and view run in the request's task, and the response is streamed from
+  the loop;
 * every other request runs through Flask's own ``wsgi_app`` in the
   executor, in one hop, with ``wsgi.input`` streamed from the loop.
+
+Two thread pools, never one: the *sync pool* (the ``executor`` argument)
+runs the requests' sync code — Flask's ``wsgi_app`` for sync views, sync
+hooks in executor mode, sync response iterables — and its threads may
+block waiting for the loop (``ensure_sync``, reading the body, sending).
+Blocking calls made *by coroutines* (``run_sync``, ``asyncio.to_thread``,
+``loop.run_in_executor(None)``, ``getaddrinfo``) use the loop's default
+executor, a different pool: were it the same, requests blocked in
+``ensure_sync`` could hold every thread while the coroutines they wait for
+queue for one, and the worker would hang.
 
 An app whose dispatch was customised (``wsgi_app`` wrapped by middleware,
 dispatch methods overridden) keeps its customisation: all its requests take
@@ -22,36 +34,40 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import inspect
 import io
 import logging
-import tempfile
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response
-from flask.ctx import RequestContext
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.routing import Rule
 
 from ..server import Receive, Scope, Send
 from ..wsgi import WSGIAdapter
-from .bridge import LoopBinding, make_async_to_sync
+from .body import RequestBody
+from .bridge import SERVING, LoopBinding, install_class_bridge, make_async_to_sync
 from .dispatch import NativeDispatch, customised, is_async_iterable
+from .routing import Router
+from .views import endpoint_is_async, maybe_async
 
 log = logging.getLogger("flask_async_worker")
 
 _END = object()
 _NO_BODY_STATUS = frozenset((204, 304))
+#: Threads of the sync pool an adapter creates when given none.
+DEFAULT_THREADS = 32
+#: Most (endpoint, method) decisions remembered.
+KINDS_SIZE = 4096
 
 
 @dataclass(frozen=True)
 class AdapterConfig:
     """The adapter's settings, read from ``app.config`` (``ASYNC_WORKER_*``)."""
 
-    #: Largest request body read for an async view when MAX_CONTENT_LENGTH
-    #: is not set (bytes); larger bodies are answered 413.
+    #: Largest request body received for an async view when the request's
+    #: max_content_length is not set (bytes); reading a larger one is a 413.
     max_body: int = 16 * 1024 * 1024
     #: Bodies larger than this are spooled to a temporary file.
     spool_size: int = 1024 * 1024
@@ -84,48 +100,36 @@ class AdapterConfig:
         )
 
 
-def wraps_coroutine(func: Any, depth: int = 10) -> bool:
-    """True when ``func`` is, or wraps (``__wrapped__``), a coroutine function."""
-    while func is not None and depth > 0:
-        if inspect.iscoroutinefunction(func):
-            return True
-        func = getattr(func, "__wrapped__", None)
-        depth -= 1
-    return False
-
-
-def endpoint_is_async(view: Any, method: str) -> bool:
-    if wraps_coroutine(view):
-        return True
-    view_class = getattr(view, "view_class", None)
-    if view_class is None:
-        return False
-    handler = getattr(view_class, method.lower(), None)
-    if handler is None and method == "HEAD":
-        handler = getattr(view_class, "get", None)
-    if handler is not None and inspect.iscoroutinefunction(handler):
-        return True
-    return inspect.iscoroutinefunction(getattr(view_class, "dispatch_request", None))
-
-
 class FlaskAdapter:
-    """An ASGI application serving a Flask application."""
+    """An ASGI application serving a Flask application.
+
+    ``executor`` is the sync pool (see the module docstring); without one,
+    the adapter creates its own, so that sync views never share the loop's
+    default executor under any ASGI server.
+    """
 
     def __init__(self, app: Flask, executor: Executor | None = None, **wsgi_options: Any) -> None:
+        if executor is None:
+            executor = ThreadPoolExecutor(
+                max_workers=DEFAULT_THREADS, thread_name_prefix="flask-async-sync"
+            )
         self.flask_app = app
         self.executor = executor
         self.binding = LoopBinding()
         self.wsgi = WSGIAdapter(app, executor, **wsgi_options)
         self.config = AdapterConfig.from_app(app)
         app.async_to_sync = make_async_to_sync(app, self.binding)  # type: ignore[method-assign,assignment]
+        install_class_bridge()
         self.not_native = customised(app)
         self.dispatch = NativeDispatch(
             app,
             executor,
             sync_hooks_in_executor=self.config.sync_hooks == "executor",
             blocking_threshold=self.config.blocking_threshold,
+            max_body=self.config.max_body,
             log=log.warning,
         )
+        self.router = Router(app)
         self._kinds: dict[tuple[str, str], bool] = {}
         self._views_seen = -1
         self._any_async = False
@@ -183,16 +187,27 @@ class FlaskAdapter:
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.binding.loop is None:
             self._bind()
+        # Every Flask app this request reaches (a mounted one too) bridges
+        # async code to this loop: see bridge.py.
+        token = SERVING.set(self.binding)
+        try:
+            await self._http(scope, receive, send)
+        finally:
+            SERVING.reset(token)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.not_native or not self._has_async_views():
             await self.wsgi.http(scope, receive, send)
             return
-        app = self.flask_app
         environ = self.wsgi.environ(scope)
-        ctx = app.request_context(environ)
-        if not self._route_is_async(ctx):
+        route = self.router.match(environ)
+        if route is None or not self._is_async(route[0], environ["REQUEST_METHOD"]):
             await self.wsgi.serve(environ, scope, receive, send)
             return
-        if not await self._read_body(ctx, environ, scope, receive):
+        ctx = self.flask_app.request_context(environ)
+        if ctx.request.routing_exception is None:
+            ctx.request.url_rule, ctx.request.view_args = route
+        if not await self._read_body(environ, scope, receive):
             return  # the client left while sending the body
         ext: Any = scope.get("extensions", {}).get("flask_async_worker") or {}
         on_disconnect: Callable[[Callable[[], None] | None], None] | None = ext.get(
@@ -218,37 +233,27 @@ class FlaskAdapter:
         if len(views) != self._views_seen:
             self._views_seen = len(views)
             self._kinds.clear()
-            self._any_async = any(
-                wraps_coroutine(v) or getattr(v, "view_class", None) is not None
-                for v in views.values()
-            )
+            self._any_async = any(maybe_async(v) for v in views.values())
         return self._any_async
 
-    def _route_is_async(self, ctx: RequestContext) -> bool:
-        adapter = ctx.url_adapter
-        if adapter is None:
-            return False
-        request = ctx.request
-        try:
-            rule, args = adapter.match(return_rule=True)
-        except HTTPException:
-            # 404/405/redirects: Flask's own handling, on the thread path.
-            return False
-        request.url_rule, request.view_args = rule, dict(args)
-        key = (rule.endpoint, request.method)
+    def _is_async(self, rule: Rule, method: str) -> bool:
+        key = (rule.endpoint, method)
         kind = self._kinds.get(key)
         if kind is None:
             view = self.flask_app.view_functions.get(rule.endpoint)
-            kind = self._kinds[key] = view is not None and endpoint_is_async(view, request.method)
+            kind = view is not None and endpoint_is_async(view, method)
+            if len(self._kinds) >= KINDS_SIZE:
+                self._kinds.clear()  # rules accepting any method: keys a client chooses
+            self._kinds[key] = kind
         return kind
 
     # -- request body ----------------------------------------------------------------------
 
-    async def _read_body(
-        self, ctx: RequestContext, environ: dict[str, Any], scope: Scope, receive: Receive
-    ) -> bool:
-        """Read the whole body before an async view runs, so that
-        ``request.form``/``get_json()`` never block the loop."""
+    async def _read_body(self, environ: dict[str, Any], scope: Scope, receive: Receive) -> bool:
+        """Receive the body up to the app-wide limit before any user code
+        runs, so that ``request.form``/``get_json()`` never block the loop;
+        ``NativeDispatch`` receives more if a hook raises the request's
+        limit.  False when the client left."""
         length = environ.get("CONTENT_LENGTH")
         if (
             length is None
@@ -257,45 +262,17 @@ class FlaskAdapter:
         ):
             environ["wsgi.input"] = io.BytesIO()
             return True
-        app = self.flask_app
-        limit = app.config.get("MAX_CONTENT_LENGTH") or self.config.max_body
-        if length is not None and length.isdigit() and int(length) > limit:
-            environ["wsgi.input"] = io.BytesIO()
-            ctx.request.routing_exception = RequestEntityTooLarge()
-            return True
-        chunks: list[bytes] = []
-        size = 0
-        spool: Any = None
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return False
-            data = message.get("body", b"")
-            size += len(data)
-            if size > limit:
-                environ["wsgi.input"] = io.BytesIO()
-                environ.pop("CONTENT_LENGTH", None)
-                ctx.request.routing_exception = RequestEntityTooLarge()
-                if spool is not None:
-                    spool.close()
-                return True
-            if spool is None and size > self.config.spool_size:
-                # Owned by the request from here: werkzeug closes wsgi.input.
-                spool = tempfile.SpooledTemporaryFile(max_size=self.config.spool_size)  # noqa: SIM115
-                spool.write(b"".join(chunks))
-                chunks = []
-            if spool is not None:
-                spool.write(data)
-            elif data:
-                chunks.append(data)
-            if not message.get("more_body", False):
-                break
-        if spool is not None:
-            spool.seek(0)
-            environ["wsgi.input"] = spool
+        declared = int(length) if length is not None and length.isdigit() else None
+        body = RequestBody(receive, declared, self.config.spool_size)
+        limit = self.flask_app.config.get("MAX_CONTENT_LENGTH")
+        if not await body.fill(self.config.max_body if limit is None else limit):
+            body.discard()
+            return False
+        if body.complete:
+            environ["wsgi.input"] = body.complete_stream()
+            environ["CONTENT_LENGTH"] = str(body.size)
         else:
-            environ["wsgi.input"] = io.BytesIO(b"".join(chunks))
-        environ["CONTENT_LENGTH"] = str(size)
+            environ["wsgi.input"] = body  # larger than the limit so far
         return True
 
     # -- response ------------------------------------------------------------------------

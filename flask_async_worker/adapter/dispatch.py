@@ -46,7 +46,9 @@ from flask.signals import (
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.routing import RoutingException
 
-from .bridge import PASSTHROUGH, restore_context
+from .body import RequestBody
+from .bridge import PASSTHROUGH, Passthrough, restore_context
+from .views import view_coroutine_functions
 
 #: Flask methods the native path re-implements: an app that overrides any
 #: of them is served on the thread path, where its override runs.
@@ -113,12 +115,14 @@ class NativeDispatch:
         *,
         sync_hooks_in_executor: bool = False,
         blocking_threshold: float = 0.1,
+        max_body: int = 16 * 1024 * 1024,
         log: Callable[..., None] | None = None,
     ) -> None:
         self.app = app
         self.executor = executor
         self.hooks_in_executor = sync_hooks_in_executor
         self.threshold = blocking_threshold
+        self.max_body = max_body
         self.log = log or app.logger.warning
 
     # -- calling user code ---------------------------------------------------------
@@ -273,13 +277,25 @@ class NativeDispatch:
             if name in app.url_value_preprocessors:
                 for url_func in app.url_value_preprocessors[name]:
                     url_func(req.endpoint, req.view_args)
+        await self.receive_body(req)
         for name in names:
             if name in app.before_request_funcs:
                 for before_func in app.before_request_funcs[name]:
                     rv = await self.call(before_func)
                     if rv is not None:
                         return rv
+                    await self.receive_body(req)
         return None
+
+    async def receive_body(self, req: Any) -> None:
+        """Receive more of a body that was larger than the limit so far, if
+        ``request.max_content_length`` now allows more (see body.py); the
+        sync code that runs next may read it without blocking the loop."""
+        body = req.environ.get("wsgi.input")
+        if type(body) is not RequestBody or body.complete or body.disconnected:
+            return
+        limit = req.max_content_length
+        await body.fill(self.max_body if limit is None else limit)
 
     async def dispatch_request(self) -> Any:
         app = self.app
@@ -294,19 +310,32 @@ class NativeDispatch:
         view_args: dict[str, Any] = req.view_args or {}
         if inspect.iscoroutinefunction(view):
             return await view(**view_args)
-        # A sync function around an async view: ensure_sync inside it hands
-        # the view's coroutine back (see bridge.py), and it is awaited here.
-        token = PASSTHROUGH.set(view_coroutine_functions(view, req.method))
+        # A sync function around an async view that returns the view's
+        # result as is (views.py): ensure_sync inside it hands the view's
+        # coroutine back (see bridge.py), and it is awaited here.
+        passthrough = Passthrough(view_coroutine_functions(view, req.method))
+        token = PASSTHROUGH.set(passthrough)
         try:
             started = time.perf_counter()
             rv = view(**view_args)
             elapsed = time.perf_counter() - started
+        except BaseException as exc:
+            if passthrough.dropped() and not isinstance(exc, HTTPException):
+                exc.add_note(_dropped_message(view))
+            raise
         finally:
             PASSTHROUGH.reset(token)
         if elapsed > self.threshold:
             self.report_blocking(view, elapsed)
-        while inspect.isawaitable(rv):
-            rv = await rv
+        try:
+            # A decorator may have raised the request's body limit.
+            await self.receive_body(req)
+            while inspect.isawaitable(rv):
+                rv = await rv
+        finally:
+            dropped = passthrough.dropped()
+        if dropped:
+            raise RuntimeError(_dropped_message(view))
         return rv
 
     async def handle_user_exception(self, exc: Exception) -> Any:
@@ -387,26 +416,13 @@ class NativeDispatch:
         await self.signal(appcontext_tearing_down, exc=exc)
 
 
-def view_coroutine_functions(view: Any, method: str) -> frozenset[Any]:
-    """The coroutine functions a sync ``view`` wraps: along ``__wrapped__``,
-    and a ``view_class``'s handler for ``method`` and ``dispatch_request``."""
-    found: set[Any] = set()
-    func, depth = view, 10
-    while func is not None and depth > 0:
-        if inspect.iscoroutinefunction(func):
-            found.add(getattr(func, "__func__", func))
-        func = getattr(func, "__wrapped__", None)
-        depth -= 1
-    view_class = getattr(view, "view_class", None)
-    if view_class is not None:
-        names = [method.lower(), "dispatch_request"]
-        if method == "HEAD":
-            names.append("get")
-        for name in names:
-            handler = getattr(view_class, name, None)
-            if handler is not None and inspect.iscoroutinefunction(handler):
-                found.add(getattr(handler, "__func__", handler))
-    return frozenset(found)
+def _dropped_message(view: Any) -> str:
+    name = getattr(view, "__qualname__", None) or repr(view)
+    return (
+        f"{name} called the async view it wraps without returning the result: on the "
+        "event loop, a sync wrapper gets the view's coroutine from ensure_sync, not its "
+        "result. Make the wrapper async, or return the view's result as is."
+    )
 
 
 def is_async_iterable(value: Any) -> bool:

@@ -6,8 +6,9 @@ first request; ``after_serving`` when the worker stops — so an async
 resource (a database pool, an ``httpx.AsyncClient``) is created on the loop
 that will use it and closed on it.  They run inside an application context.
 
-``run_sync(func, *args)`` runs blocking code from an async view in the
-worker's thread pool with the request context carried over, and
+``run_sync(func, *args)`` runs blocking code from an async view off the
+loop, in the loop's default executor, with the request context carried
+over, and
 ``stream_with_context`` wraps a sync or an async generator so that the
 request context is available while the response streams.
 """
@@ -21,7 +22,7 @@ import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flask import Flask, current_app
+from flask import Flask
 from flask import stream_with_context as flask_stream_with_context
 from flask.globals import _cv_request
 
@@ -71,21 +72,22 @@ async def run_serving_hooks(adapter: FlaskAdapter, which: str) -> None:
 
 
 async def run_sync(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run blocking ``func`` in the worker's thread pool, off the loop.
+    """Run blocking ``func`` off the loop, in the loop's default executor.
 
     The call sees the caller's context (``request``, ``g``, ``session``,
     ``current_app``), copied at the time of the call.
+
+    Not the pool that runs sync views: a sync view may be waiting, in
+    ``ensure_sync``, for the very coroutine that calls this; were every
+    thread of its pool held that way, the call would never start.  Under
+    the worker the default executor is a pool of its own
+    (``flask-async-worker-offload``), as ``asyncio.to_thread`` and DNS
+    lookups use it too.
     """
     loop = asyncio.get_running_loop()
-    executor = None
-    try:
-        adapter = current_app.extensions.get("flask_async_worker")
-        executor = getattr(adapter, "executor", None)
-    except RuntimeError:
-        pass
     ctx = contextvars.copy_context()
     call = functools.partial(ctx.run, func, *args, **kwargs)
-    return await loop.run_in_executor(executor, call)
+    return await loop.run_in_executor(None, call)
 
 
 def stream_with_context(generator: Any) -> Any:

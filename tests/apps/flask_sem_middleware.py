@@ -3,6 +3,7 @@
 ``ProxyFix`` trusts one proxy for X-Forwarded-For/-Proto/-Host/-Prefix, and
 ``DispatcherMiddleware`` mounts a second Flask app under ``/sub``.  Both apps
 have async and sync views reporting what they see, and on which loop.
+``plain`` serves them through a bare ``DispatcherMiddleware``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from flask import Flask, current_app, jsonify, request, url_for
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from flask_async_worker.adapter.bridge import SERVING
+
 
 def seen(main: Flask) -> dict[str, Any]:
     adapter = main.extensions.get("flask_async_worker")
@@ -23,6 +26,7 @@ def seen(main: Flask) -> dict[str, Any]:
         loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
     except RuntimeError:
         loop = None
+    serving = SERVING.get()
     return {
         "app": current_app.name,
         "remote_addr": request.remote_addr,
@@ -32,6 +36,8 @@ def seen(main: Flask) -> dict[str, Any]:
         "url": url_for(request.endpoint or "", _external=True),
         "q": request.args.get("q"),
         "on_worker_loop": loop is not None and loop is worker_loop,
+        # the loop of whatever serves this request (no FlaskAdapter for ``plain``)
+        "on_serving_loop": loop is not None and serving is not None and loop is serving.loop,
         "on_loop_thread": adapter is not None and threading.get_ident() == adapter.binding.thread,
     }
 
@@ -66,4 +72,12 @@ def create_app() -> Flask:
     return main
 
 
+def create_plain() -> Any:
+    """The same two apps behind a plain ``DispatcherMiddleware``: the served
+    object is no Flask app at all."""
+    main = create_app()
+    return DispatcherMiddleware(main.wsgi_app, {"/other": main.extensions["flask_sem_sub"]})
+
+
 app = create_app()
+plain = create_plain()
