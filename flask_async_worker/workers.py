@@ -156,6 +156,7 @@ class AsyncioWorker(base.Worker):  # type: ignore[misc]
             "errors": WSGIErrorsWrapper(self.cfg),
             "multiprocess": self.cfg.workers > 1,
             "server_software": SERVER_SOFTWARE,
+            "stream_buffer": self.settings.extra.write_buffer,
         }
 
     # -- signals -------------------------------------------------------------------

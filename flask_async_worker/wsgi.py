@@ -6,8 +6,10 @@ bodies are read on the loop before the hop (so ``wsgi.input`` is a plain
 thread and handed back whole.  Larger or open-ended responses are streamed
 from the same thread that ran the view, so every line of a request's sync
 code (view, generator, ``close()``) sees one thread, as under gunicorn's
-thread workers; the thread waits on the loop for each chunk to be accepted,
-which is the download backpressure.  Large or unknown-length uploads are
+thread workers.  The thread hands chunks to one sender task on the loop
+through a bounded outbox and waits only when the outbox is full: that is
+the download backpressure, and it costs a loop wake-up per batch of chunks
+rather than a round trip per chunk.  Large or unknown-length uploads are
 read on demand from that thread, which is the upload backpressure, and
 ``Expect: 100-continue`` is answered only when the app reads.
 
@@ -24,6 +26,7 @@ import contextvars
 import io
 import sys
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import Executor
 from typing import IO, Any, TypeVar, cast
@@ -153,9 +156,11 @@ class WSGIAdapter:
         errors: IO[str] | None = None,
         multiprocess: bool = False,
         server_software: str = "gunicorn",
+        stream_buffer: int = COLLECT_LIMIT,
     ) -> None:
         self.app = app
         self.executor = executor
+        self.stream_buffer = stream_buffer
         self._base: dict[str, Any] = {
             "wsgi.version": (1, 0),
             "wsgi.errors": errors if errors is not None else sys.stderr,
@@ -204,7 +209,7 @@ class WSGIAdapter:
             environ["wsgi.input"] = InputStream(receive, loop)
         if "http.response.informational" in scope.get("extensions", {}):
             environ["wsgi.early_hints"] = _early_hints(send, loop)
-        call = _Call(self.app, environ, send, loop)
+        call = _Call(self.app, environ, _Outbox(send, loop, self.stream_buffer))
         ctx = contextvars.copy_context()
         result = await loop.run_in_executor(self.executor, ctx.run, call.run)
         if result is None:
@@ -272,18 +277,125 @@ class WSGIAdapter:
         return environ
 
 
+class _Outbox:
+    """Response messages a pool thread streams to the loop.
+
+    One sender task on the loop awaits ``send`` for each message in order;
+    the thread waits only while more than ``limit`` body bytes are queued
+    (the backpressure a client that reads slowly exerts on the app) and, at
+    the end, until everything queued was sent, so that the ASGI call returns
+    only once the response is complete.  An error from ``send`` (the client
+    left) is raised in the thread on its next message, which stops the app's
+    iteration as a failed socket write does under gunicorn's own workers.
+    """
+
+    __slots__ = (
+        "_cond",
+        "_error",
+        "_loop",
+        "_pending",
+        "_queue",
+        "_send",
+        "_sending",
+        "_task",
+        "limit",
+    )
+
+    def __init__(self, send: Send, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+        self._send = send
+        self._loop = loop
+        self.limit = limit
+        self._queue: deque[Message] = deque()
+        self._pending = 0
+        self._sending = False
+        self._error: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._cond = threading.Condition()
+
+    def put(self, message: Message) -> None:
+        """Queue ``message`` (from the pool thread); block while the outbox is full."""
+        with self._cond:
+            self._raise_error()
+            self._queue.append(message)
+            self._pending += len(message.get("body", b""))
+            if not self._sending:
+                self._sending = True
+                self._loop.call_soon_threadsafe(self._start)
+            self._wait(lambda: self._pending <= self.limit)
+
+    def flush(self) -> None:
+        """Wait (in the pool thread) until everything queued was sent."""
+        with self._cond:
+            self._wait(lambda: not self._sending)
+            self._raise_error()
+
+    def settle(self) -> None:
+        """Like :meth:`flush`, for clean-up paths: an error is not raised."""
+        with self._cond:
+            try:
+                self._wait(lambda: not self._sending)
+            except BaseException:
+                return
+
+    def _wait(self, ready: Callable[[], bool]) -> None:
+        while not ready() and self._error is None:
+            # A bounded wait, so that a loop that stopped for good (a
+            # worker being torn down) cannot leave the thread here forever.
+            if not self._cond.wait(1.0) and self._loop.is_closed():
+                self._error = ConnectionError("the event loop is closed")
+        self._raise_error()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _start(self) -> None:
+        # Held here: the loop keeps only weak references to its tasks.
+        self._task = self._loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                if not self._queue:
+                    self._sending = False
+                    cond.notify_all()
+                    return
+                message = self._queue.popleft()
+            try:
+                await self._send(message)
+            except BaseException as exc:
+                with cond:
+                    self._error = (
+                        exc
+                        if isinstance(exc, Exception)
+                        else ConnectionError("the response was cancelled")
+                    )
+                    self._queue.clear()
+                    self._pending = 0
+                    self._sending = False
+                    cond.notify_all()
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            size = len(message.get("body", b""))
+            if size:
+                with cond:
+                    before = self._pending
+                    self._pending -= size
+                    if before > self.limit >= self._pending:
+                        cond.notify_all()
+
+
 class _Call:
     """One WSGI call, run in an executor thread."""
 
-    __slots__ = ("app", "environ", "headers", "loop", "send", "started", "status")
+    __slots__ = ("app", "environ", "headers", "outbox", "started", "status")
 
-    def __init__(
-        self, app: WSGIApp, environ: dict[str, Any], send: Send, loop: asyncio.AbstractEventLoop
-    ) -> None:
+    def __init__(self, app: WSGIApp, environ: dict[str, Any], outbox: _Outbox) -> None:
         self.app = app
         self.environ = environ
-        self.send = send
-        self.loop = loop
+        self.outbox = outbox
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.started = False
@@ -309,33 +421,35 @@ class _Call:
         self._push(data, more=True)
 
     def _push(self, data: bytes, more: bool) -> None:
-        message = {"type": "http.response.body", "body": data, "more_body": more}
-        call_in_loop(self.send(message), self.loop)
+        self.outbox.put({"type": "http.response.body", "body": data, "more_body": more})
 
     def _start_stream(self) -> None:
         if not self.started:
             self.started = True
-            message = {
-                "type": "http.response.start",
-                "status": self.status,
-                "headers": self.headers,
-            }
-            call_in_loop(self.send(message), self.loop)
+            self.outbox.put(
+                {"type": "http.response.start", "status": self.status, "headers": self.headers}
+            )
 
     def run(self) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
         try:
-            iterable = self.app(self.environ, self.start_response)
-        except StopIteration:
-            # gunicorn's convention: the app hijacked the connection.
-            return None
-        try:
-            return self._respond(iterable)
-        except StopIteration:
-            return None
+            try:
+                iterable = self.app(self.environ, self.start_response)
+            except StopIteration:
+                # gunicorn's convention: the app hijacked the connection.
+                return None
+            try:
+                return self._respond(iterable)
+            except StopIteration:
+                return None
+            finally:
+                close = getattr(iterable, "close", None)
+                if close is not None:
+                    close()
         finally:
-            close = getattr(iterable, "close", None)
-            if close is not None:
-                close()
+            if self.started:
+                # Whatever happened, nothing queued may still be on its way
+                # when the call returns: the server decides what follows.
+                self.outbox.settle()
 
     def _respond(
         self, iterable: Iterable[bytes]
@@ -345,6 +459,7 @@ class _Call:
                 if chunk:
                     self._push(chunk, more=True)
             self._push(b"", more=False)
+            self.outbox.flush()
             return None
         if isinstance(iterable, list | tuple) and len(iterable) <= 1:
             if not self.status:
@@ -374,6 +489,7 @@ class _Call:
             # Nothing non-empty was produced: an empty body, sent whole.
             return self.status, self.headers, b""
         self._push(b"", more=False)
+        self.outbox.flush()
         return None
 
 

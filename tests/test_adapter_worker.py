@@ -162,6 +162,45 @@ def test_sync_view_streams_upload_with_backpressure(gunicorn):
     assert grown_kib < 16 * 1024, f"worker RSS grew by {grown_kib} KiB for a {size} byte upload"
 
 
+def test_sync_stream_waits_for_a_client_that_does_not_read(stream_server):
+    """Download backpressure on the thread path: a generator runs only a
+    bounded distance ahead of a client that reads nothing, and is closed
+    once that client leaves."""
+    url = stream_server.url
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.connect((host, int(port)))
+    sock.sendall(b"GET /sync-download?mb=256&tag=stall HTTP/1.1\r\nHost: x\r\n\r\n")
+    try:
+        deadline = time.monotonic() + 5
+        produced = -1
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = httpx.get(f"{url}/produced?tag=stall").json()["produced"]
+            if now == produced:
+                break  # it stopped: the generator waits for the client
+            produced = now
+        assert 0 < produced < 24 * 1024 * 1024, produced
+        time.sleep(0.5)
+        assert httpx.get(f"{url}/produced?tag=stall").json()["produced"] == produced
+    finally:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()
+    assert wait_for_event(url, "sync-download-closed stall", 5) < 5
+
+
+def test_sync_stream_throughput_reaches_the_client_whole(stream_server):
+    total = 0
+    with httpx.stream(
+        "GET", f"{stream_server.url}/sync-download?mb=32&tag=whole", timeout=30
+    ) as r:
+        for chunk in r.iter_bytes():
+            total += len(chunk)
+    assert total == 32 * 1024 * 1024
+    assert wait_for_event(stream_server.url, "sync-download-closed whole", 5) < 5
+
+
 def test_send_file_streams_without_loading_file(stream_server):
     url = stream_server.url
     pid = int(httpx.get(f"{url}/pid").text)

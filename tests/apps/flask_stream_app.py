@@ -103,6 +103,34 @@ def sync_stream() -> Response:
     return Response(flask_stream_with_context(stream()), mimetype="text/event-stream")
 
 
+PRODUCED: dict[str, int] = {}
+
+
+@app.get("/sync-download")
+def sync_download() -> Response:
+    """A large body from a sync generator: how far it runs ahead of a client
+    that does not read is the download backpressure."""
+    tag = request.args.get("tag", "")
+    chunks = int(request.args.get("mb", "64")) * 16
+    block = b"x" * 65536
+
+    def stream() -> Iterator[bytes]:
+        PRODUCED[tag] = 0
+        try:
+            for _ in range(chunks):
+                PRODUCED[tag] += len(block)
+                yield block
+        finally:
+            EVENTS.append(f"sync-download-closed {tag}")
+
+    return Response(stream(), mimetype="application/octet-stream")
+
+
+@app.get("/produced")
+def produced() -> Response:
+    return jsonify(produced=PRODUCED.get(request.args.get("tag", ""), -1))
+
+
 @app.get("/async-sync-stream")
 async def async_view_sync_stream() -> Response:
     """An async view returning a sync generator: pulled in the executor."""
