@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .adapter import FlaskAdapter, FlaskAsync, run_sync, stream_with_context
+    from .adapter import (
+        FlaskAdapter,
+        FlaskAsync,
+        render_template_async,
+        render_template_string_async,
+        run_sync,
+        stream_template_async,
+        stream_with_context,
+    )
     from .workers import AsyncioWorker, UVLoopWorker
 
 __all__ = [
@@ -22,11 +30,22 @@ __all__ = [
     "FlaskAsync",
     "UVLoopWorker",
     "__version__",
+    "render_template_async",
+    "render_template_string_async",
     "run_sync",
+    "stream_template_async",
     "stream_with_context",
 ]
 
-_ADAPTER_NAMES = ("FlaskAdapter", "FlaskAsync", "run_sync", "stream_with_context")
+_ADAPTER_NAMES = (
+    "FlaskAdapter",
+    "FlaskAsync",
+    "render_template_async",
+    "render_template_string_async",
+    "run_sync",
+    "stream_template_async",
+    "stream_with_context",
+)
 
 
 def __getattr__(name: str) -> Any:

@@ -4,5 +4,19 @@ from __future__ import annotations
 
 from .app import AdapterConfig, FlaskAdapter
 from .extension import FlaskAsync, run_sync, stream_with_context
+from .templating import (
+    render_template_async,
+    render_template_string_async,
+    stream_template_async,
+)
 
-__all__ = ["AdapterConfig", "FlaskAdapter", "FlaskAsync", "run_sync", "stream_with_context"]
+__all__ = [
+    "AdapterConfig",
+    "FlaskAdapter",
+    "FlaskAsync",
+    "render_template_async",
+    "render_template_string_async",
+    "run_sync",
+    "stream_template_async",
+    "stream_with_context",
+]

@@ -49,6 +49,7 @@ from ..wsgi import WSGIAdapter
 from .body import RequestBody
 from .bridge import SERVING, LoopBinding, install_class_bridge, make_async_to_sync
 from .dispatch import NativeDispatch, customised, is_async_iterable
+from .extension import STREAMS_KEY, close_streams
 from .routing import Router
 from .views import endpoint_is_async, maybe_async
 
@@ -220,11 +221,17 @@ class FlaskAdapter:
             else:
                 on_disconnect(_ignore)
         response = await self.dispatch.handle(ctx)
-        if on_disconnect is not None and task is not None:
-            # A stream whose client left is stopped at once: its generator's
-            # finally clauses run.
-            on_disconnect(_canceller(task))
-        await self.send_response(response, environ, send)
+        try:
+            if on_disconnect is not None and task is not None:
+                # A stream whose client left is stopped at once: its
+                # generator's finally clauses run.
+                on_disconnect(_canceller(task))
+            await self.send_response(response, environ, send)
+        finally:
+            if STREAMS_KEY in ctx.__dict__:
+                # stream_with_context streams not sent (a HEAD, a body an
+                # error handler replaced) still hold the request context.
+                await asyncio.shield(close_streams(ctx))
 
     # -- routing -------------------------------------------------------------------------
 
@@ -342,6 +349,9 @@ class FlaskAdapter:
             await asyncio.shield(loop.run_in_executor(self.executor, ctx.run, response.close))
 
     async def _close(self, response: Response) -> None:
+        aclose = getattr(response.response, "aclose", None)
+        if aclose is not None:
+            await aclose()  # an async body never iterated (HEAD, 204, 304)
         if response.is_sequence or response.response is None:
             response.close()
         else:

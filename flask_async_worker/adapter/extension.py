@@ -93,10 +93,11 @@ async def run_sync(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 def stream_with_context(generator: Any) -> Any:
     """Flask's ``stream_with_context``, for async generators as well.
 
-    A sync generator gets Flask's own wrapper.  An async generator is wrapped
-    so that the request context (captured now, in the view) is pushed again
-    while it runs on the loop, and popped (running teardown hooks, as Flask
-    does for streamed responses) when it finishes or is closed.
+    A sync generator gets Flask's own wrapper.  An async generator gets a
+    :class:`RequestStream`: the request context stays pushed from this call
+    until the stream ends or is closed, so ``request``, ``g`` and
+    ``session`` work while it runs and the teardown hooks run once, after
+    the last chunk — what Flask's wrapper does for sync generators.
     """
     if not inspect.isasyncgen(generator) and not hasattr(generator, "__aiter__"):
         if callable(generator) and inspect.isasyncgenfunction(generator):
@@ -111,28 +112,77 @@ def stream_with_context(generator: Any) -> Any:
     ctx = _cv_request.get(None)
     if ctx is None:
         raise RuntimeError("stream_with_context needs an active request context")
-    app = ctx.app
-    adapter = app.extensions.get("flask_async_worker")
-
-    async def wrapped() -> AsyncIterator[Any]:
-        if adapter is None:
+    adapter = ctx.app.extensions.get("flask_async_worker")
+    if adapter is None:
+        # Not served by the adapter (Flask's own async support): push the
+        # context around the iteration.
+        async def wrapped() -> AsyncIterator[Any]:
             with ctx:
                 async for item in generator:
                     yield item
-            return
-        dispatch = adapter.dispatch
-        await dispatch.push(ctx)
-        error: BaseException | None = None
+
+        return wrapped()
+    return RequestStream(generator, ctx, adapter)
+
+
+#: Streams made during a request, closed by the adapter after the response
+#: if they were never iterated (a body replaced by an error, a HEAD).
+STREAMS_KEY = "_flask_async_worker_streams"
+
+
+class RequestStream:
+    """An async iterator that holds its request context until it ends.
+
+    The context is pushed once more when the stream is made, inside the
+    view; the request's own pop then leaves it active, and the stream pops
+    it when it finishes, fails or is closed, which runs the teardown hooks.
+    Everything happens in the request's task, so the context-variable
+    tokens are reset where they were set, in reverse order.
+    """
+
+    __slots__ = ("_closed", "_ctx", "_dispatch", "_generator")
+
+    def __init__(self, generator: Any, ctx: Any, adapter: FlaskAdapter) -> None:
+        self._generator = generator.__aiter__()
+        self._ctx = ctx
+        self._dispatch = adapter.dispatch
+        self._closed = False
+        ctx._cv_tokens.append((_cv_request.set(ctx), None))
+        ctx.__dict__.setdefault(STREAMS_KEY, []).append(self)
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._closed:
+            raise StopAsyncIteration
         try:
-            async for item in generator:
-                yield item
-        except BaseException as exc:
-            error = exc
+            return await self._generator.__anext__()
+        except StopAsyncIteration:
+            await self._finish(None)
             raise
-        finally:
-            aclose = getattr(generator, "aclose", None)
+        except BaseException as exc:
+            await self._finish(exc if isinstance(exc, Exception) else None)
+            raise
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        try:
+            aclose = getattr(self._generator, "aclose", None)
             if aclose is not None:
                 await aclose()
-            await dispatch.pop(ctx, error if isinstance(error, Exception) else None)
+        finally:
+            await self._finish(None)
 
-    return wrapped()
+    async def _finish(self, exc: BaseException | None) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._dispatch.pop(self._ctx, exc)
+
+
+async def close_streams(ctx: Any) -> None:
+    """Close the request's streams that were never iterated to the end."""
+    streams: list[RequestStream] | None = ctx.__dict__.pop(STREAMS_KEY, None)
+    for stream in streams or ():
+        await stream.aclose()
