@@ -16,11 +16,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
-from .protocols.http11 import Limits
+from .protocols.http11_rules import Limits
 
 ENV_PREFIX = "FLASK_ASYNC_WORKER_"
+#: The HTTP/1.1 drivers: ``auto`` is httptools when it can be imported.
+HTTP_PARSERS = ("auto", "httptools", "h11")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,13 @@ class Extra:
     #: The event loop silent for longer than this (seconds) is reported in
     #: the error log with the stack of the code that blocked it.
     blocking_threshold: float = 0.5
+    #: Which parser reads HTTP/1.1: ``httptools`` (llhttp, several times
+    #: faster per request) or ``h11`` (pure Python); ``auto`` picks httptools
+    #: when it is installed.  Both refuse the same malformed requests.
+    http_parser: str = "auto"
+
+    # The text settings and the values each accepts.
+    _CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"http_parser": HTTP_PARSERS}
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Extra:
@@ -66,6 +75,14 @@ class Extra:
         for f in fields(cls):
             raw = environ.get(ENV_PREFIX + f.name.upper())
             if raw is None:
+                continue
+            choices = cls._CHOICES.get(f.name)
+            if choices is not None:
+                choice = raw.strip().lower()
+                if choice not in choices:
+                    expected = ", ".join(choices)
+                    raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: one of {expected}")
+                values[f.name] = choice
                 continue
             kind = float if f.type in ("float", float) else int
             try:

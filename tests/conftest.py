@@ -145,6 +145,20 @@ class Gunicorn:
             self.proc.wait(5)
 
 
+HTTP_PARSERS = ["httptools", "h11"]
+
+
+@pytest.fixture(scope="module", params=HTTP_PARSERS)
+def http_parser(request: pytest.FixtureRequest) -> str:
+    """An HTTP/1.1 driver (``FLASK_ASYNC_WORKER_HTTP_PARSER``): the protocol
+    tests that take this run against a worker using each one in turn."""
+    return str(request.param)
+
+
+def parser_env(parser: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    return {**(env or {}), "FLASK_ASYNC_WORKER_HTTP_PARSER": parser}
+
+
 @pytest.fixture
 def gunicorn() -> Iterator[type[Gunicorn]]:
     """Start servers with ``gunicorn("module:app", *flags)``; all stop at teardown."""

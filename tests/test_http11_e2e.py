@@ -1,4 +1,5 @@
-"""HTTP/1.1 conformance and robustness against a real gunicorn arbiter.
+"""HTTP/1.1 conformance and robustness against a real gunicorn arbiter, once
+with each HTTP/1.1 parser (the ``http_parser`` fixture).
 
 Malformed input goes over raw sockets, valid traffic through httpx and curl.
 Every refusal is checked for its exact status, for the application never
@@ -20,7 +21,7 @@ from typing import IO
 import httpx
 import pytest
 
-from .conftest import Gunicorn, raw_request, status_of
+from .conftest import Gunicorn, parser_env, raw_request, status_of
 
 CURL_TIMEOUT = 10
 
@@ -28,10 +29,17 @@ CURL_TIMEOUT = 10
 # -- servers (one per module, shared by the tests) ---------------------------------
 
 
-def start(*args: str, env: dict[str, str] | None = None) -> Iterator[Gunicorn]:
+def start(
+    *args: str, env: dict[str, str] | None = None, parser: str | None = None
+) -> Iterator[Gunicorn]:
+    if parser is not None:
+        env = parser_env(parser, env)
     server = Gunicorn("asgi_app:app", *args, env=env, wait=False)
     try:
         server.wait_ready()
+        if parser is not None:
+            # The worker really runs the parser under test.
+            server.wait_for_log(rf"HTTP/1\.1 parser: {parser}\b")
         yield server
     finally:
         server.stop()
@@ -40,12 +48,12 @@ def start(*args: str, env: dict[str, str] | None = None) -> Iterator[Gunicorn]:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[Gunicorn]:
-    yield from start("--keep-alive", "5")
+def server(http_parser: str) -> Iterator[Gunicorn]:
+    yield from start("--keep-alive", "5", parser=http_parser)
 
 
 @pytest.fixture(scope="module")
-def limited() -> Iterator[Gunicorn]:
+def limited(http_parser: str) -> Iterator[Gunicorn]:
     yield from start(
         "--limit-request-line",
         "100",
@@ -55,6 +63,7 @@ def limited() -> Iterator[Gunicorn]:
         "100",
         "--header-map",
         "refuse",
+        parser=http_parser,
     )
 
 
@@ -530,6 +539,15 @@ def test_bad_response_header_is_500(server, path):
     assert status_of(data) == 500
     assert b"evil" not in data.lower()
     assert b"x-bad" not in data.lower()
+    assert_alive(server)
+
+
+def test_response_header_whitespace_is_stripped(server):
+    """Leading/trailing whitespace is not part of a field value: stripped,
+    as gunicorn does, never a broken head."""
+    data = raw_request(server.port, b"GET /padded-header HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status_of(data) == 200
+    assert b"\r\nx-padded: value\r\n" in data.lower()
     assert_alive(server)
 
 

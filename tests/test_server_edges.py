@@ -5,13 +5,13 @@ from __future__ import annotations
 import socket
 import time
 
-from .conftest import status_of
+from .conftest import parser_env, status_of
 
 
-def test_response_before_body_is_not_lost_to_a_reset(gunicorn):
+def test_response_before_body_is_not_lost_to_a_reset(gunicorn, http_parser):
     """The app answers without reading a large upload: the worker reads and
     discards the rest (lingering close) instead of resetting the connection."""
-    server = gunicorn("asgi_app:app")
+    server = gunicorn("asgi_app:app", env=parser_env(http_parser))
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         sock.sendall(
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n" + b"a" * 65536
@@ -29,8 +29,10 @@ def test_response_before_body_is_not_lost_to_a_reset(gunicorn):
     assert "Traceback" not in server.log()
 
 
-def test_lingering_is_bounded(gunicorn):
-    server = gunicorn("asgi_app:app", env={"FLASK_ASYNC_WORKER_LINGER_TIMEOUT": "0.5"})
+def test_lingering_is_bounded(gunicorn, http_parser):
+    server = gunicorn(
+        "asgi_app:app", env=parser_env(http_parser, {"FLASK_ASYNC_WORKER_LINGER_TIMEOUT": "0.5"})
+    )
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\nabc")
         data = sock.recv(65536)

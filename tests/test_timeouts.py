@@ -1,8 +1,9 @@
 """Every wait is bounded and every buffer has a bound, against a real arbiter.
 
 One server with one-second timeouts (``FLASK_ASYNC_WORKER_*`` environment
-variables and ``--keep-alive 1``) and a fast sweep; each test checks both the
-bound and that the rest of the worker carries on normally meanwhile.
+variables and ``--keep-alive 1``) and a fast sweep, once with each HTTP/1.1
+parser; each test checks both the bound and that the rest of the worker
+carries on normally meanwhile.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ MB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[Gunicorn]:
+def server(http_parser: str) -> Iterator[Gunicorn]:
     yield from start(
         "--keep-alive",
         str(int(TIMEOUT)),
+        parser=http_parser,
         env={
             "FLASK_ASYNC_WORKER_HEADER_TIMEOUT": str(TIMEOUT),
             "FLASK_ASYNC_WORKER_BODY_TIMEOUT": str(TIMEOUT),

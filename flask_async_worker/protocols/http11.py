@@ -7,64 +7,25 @@ control characters in field values, lets Transfer-Encoding and
 Content-Length coexist, and knows nothing of gunicorn's request limits.  So
 each request head is first found and checked here, byte for byte, and only a
 head that passed reaches h11.  Every refusal is a :class:`ProtocolError`
-carrying its status; none reaches the application.
+carrying its status; none reaches the application.  The checks live in
+:mod:`.http11_rules`, shared with the httptools driver, so both refuse the
+same requests with the same statuses.
 
 The driver's public surface (``receive_data``, ``next_event``,
 ``send_response``/``send_body``/``send_end``, ``start_next_cycle``) is the
-seam a faster parser can implement too; the conformance tests drive it only
-through that surface.
+seam a faster parser implements too (:mod:`.httptools_driver`); the
+conformance tests drive both only through that surface.
 """
 
 from __future__ import annotations
-
-import re
-from dataclasses import dataclass
 
 import h11
 
 from .errors import ProtocolError
 from .events import END_OF_BODY, Body, Event, Headers, Request
+from .http11_rules import REASON_INVALID, Limits, build_request, find_head_end, validate_head
 
-# One pass over a head finds every byte RFC 9112 forbids there: control
-# characters other than HTAB, a CR not followed by LF, a LF not preceded by
-# CR (a bare-LF line ending, section 2.2).
-_FORBIDDEN_IN_HEAD = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
-# obs-fold (RFC 9112 section 5.2): a field line starting with SP or HTAB.
-_OBS_FOLD = re.compile(rb"\r\n[ \t]")
-_TRANSFER_ENCODING = re.compile(rb"\r\ntransfer-encoding[ \t]*:([^\r]*)", re.IGNORECASE)
-_CONTENT_LENGTH = re.compile(
-    rb"\r\ncontent-length[ \t]*:[ \t]*([^\r]*?)[ \t]*(?=\r)", re.IGNORECASE
-)
-_DIGITS = re.compile(rb"[0-9]{1,18}")
-# RFC 3986 host: IP-literal or reg-name/IPv4 (unreserved, pct-encoded,
-# sub-delims), optional port.  "@" (userinfo) and anything else is refused.
-_HOST = re.compile(
-    rb"(?:\[[0-9A-Fa-f:.]+(?:%25[\w.~-]+)?\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?"
-)
-_ABSOLUTE_FORM = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.DOTALL)
-_SUPPORTED_VERSIONS = {b"1.1": "1.1", b"1.0": "1.0"}
-# RFC 9112 section 3.2: a request-target is visible ASCII only.
-_TARGET_INVALID = re.compile(rb"[^\x21-\x7e]")
-_REASON_INVALID = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """gunicorn's request limits, read once per worker.
-
-    A zero ``max_request_line`` or ``max_field_size`` means unlimited, as in
-    gunicorn; the head as a whole is still bounded by ``max_head_size``.
-    """
-
-    max_request_line: int = 4094
-    max_fields: int = 100
-    max_field_size: int = 8190
-
-    @property
-    def max_head_size(self) -> int:
-        line = self.max_request_line or 8190
-        field = self.max_field_size or 8190
-        return line + 2 + self.max_fields * (field + 2) + 2
+__all__ = ["H11Driver", "Limits"]
 
 
 class H11Driver:
@@ -148,71 +109,18 @@ class H11Driver:
         outgrows the limits is refused before it is complete.
         """
         buf = self._head_buf
-        limits = self._limits
-        start = max(0, self._head_scan - 3)
-        end = buf.find(b"\n\r\n", start)
-        bare = buf.find(b"\n\n", start)
-        if bare != -1 and (end == -1 or bare < end):
-            raise ProtocolError("bare LF line ending in request head")
+        end = find_head_end(buf, self._head_scan, self._limits)
         if end == -1:
             self._head_scan = len(buf)
-            first_line = buf.find(b"\n")
-            if limits.max_request_line and (
-                (first_line == -1 and len(buf) > limits.max_request_line + 1)
-                or first_line > limits.max_request_line + 1
-            ):
-                raise ProtocolError("request line too long", 414)
-            if len(buf) > limits.max_head_size:
-                raise ProtocolError("request head too large", 431)
             return False
-        head = bytes(buf[: end + 3])
+        head = bytes(buf[:end])
         # Bytes past the head are the body or the next pipelined request: h11
         # holds them; this buffer only ever holds the head being checked.
         self._head_buf = bytearray()
         self._head_scan = 0
         self._head_checked = True
-        self._validate_head(head)
+        validate_head(head, self._limits)
         return True
-
-    def _validate_head(self, head: bytes) -> None:
-        limits = self._limits
-        if head.startswith(b"\r\n"):
-            # RFC 9112 section 2.2 lets a server skip empty lines before the
-            # request line, but h11 does not; refuse rather than desync.
-            raise ProtocolError("empty line before request line")
-        line_end = head.find(b"\r\n")
-        if limits.max_request_line and line_end > limits.max_request_line:
-            raise ProtocolError("request line too long", 414)
-        bad = _FORBIDDEN_IN_HEAD.search(head)
-        if bad is not None:
-            raise ProtocolError(f"forbidden byte {bad.group()!r} in request head")
-        if _OBS_FOLD.search(head) is not None:
-            raise ProtocolError("obsolete line folding in request head")
-        lines = head.count(b"\r\n") - 2
-        if lines > limits.max_fields:
-            raise ProtocolError("too many header fields", 431)
-        if limits.max_field_size:
-            pos = line_end + 2
-            limit = limits.max_field_size
-            while True:
-                nxt = head.find(b"\r\n", pos)
-                if nxt == pos or nxt == -1:
-                    break
-                # gunicorn counts the field line with its CRLF.
-                if nxt - pos + 2 > limit:
-                    raise ProtocolError("header field too large", 431)
-                pos = nxt + 2
-        te_values = _TRANSFER_ENCODING.findall(head)
-        cl_values = _CONTENT_LENGTH.findall(head)
-        if te_values:
-            if cl_values:
-                raise ProtocolError("both Transfer-Encoding and Content-Length")
-            _check_transfer_encoding(te_values, head[:line_end])
-        elif cl_values:
-            if len(cl_values) > 1:
-                raise ProtocolError("more than one Content-Length")
-            if _DIGITS.fullmatch(cl_values[0]) is None:
-                raise ProtocolError("invalid Content-Length")
 
     def _read_head(self) -> Request | None:
         try:
@@ -228,86 +136,14 @@ class H11Driver:
         return request
 
     def _build_request(self, event: h11.Request) -> Request:
-        version = _SUPPORTED_VERSIONS.get(event.http_version)
-        if version is None:
-            raise ProtocolError("HTTP version not supported", 505)
-        headers: Headers = list(event.headers)
-        host: bytes | None = None
-        expect_continue = False
-        content_type_seen = False
-        close = version != "1.1"
-        has_body = False
-        for name, value in headers:
-            if name == b"host":
-                host = value
-            elif name == b"expect":
-                if value.lower() != b"100-continue":
-                    raise ProtocolError("unsupported expectation", 417)
-                expect_continue = version == "1.1"
-            elif name == b"content-type":
-                # RFC 9110 section 5.3: a singleton field repeated is ambiguous.
-                if content_type_seen:
-                    raise ProtocolError("more than one Content-Type")
-                content_type_seen = True
-            elif name == b"connection":
-                close = close or b"close" in [t.strip(b" \t").lower() for t in value.split(b",")]
-            elif name == b"transfer-encoding":
-                has_body = True
-            elif name == b"content-length":
-                # Checked to be 1-18 digits by _validate_head.
-                has_body = int(value) > 0
-        if host is not None and _HOST.fullmatch(host) is None:
-            raise ProtocolError("invalid Host header")
-        target = event.target
-        method = event.method
-        if method == b"CONNECT":
-            # Whatever its target: h11 would treat a 2xx answer as a tunnel.
-            raise ProtocolError("CONNECT is not supported", 501)
-        if _TARGET_INVALID.search(target) is not None:
-            raise ProtocolError("invalid byte in request target")
-        if target[:1] == b"/":
-            path, _, query = target.partition(b"?")
-            authority = host or b""
-        elif target == b"*" and method == b"OPTIONS":
-            path, query, authority = b"*", b"", host or b""
-        else:
-            match = _ABSOLUTE_FORM.fullmatch(target)
-            if match is None:
-                raise ProtocolError("invalid request target")
-            scheme, authority, rest = match.groups()
-            if scheme.lower() not in (b"http", b"https") or not authority:
-                raise ProtocolError("invalid absolute-form request target")
-            if _HOST.fullmatch(authority) is None:
-                raise ProtocolError("invalid authority in request target")
-            # RFC 9112 section 3.2.2: the target's authority wins over Host;
-            # the application learns the host from the Host header.
-            headers = [(n, v) for n, v in headers if n != b"host"]
-            headers.append((b"host", authority))
-            if rest[:1] not in (b"", b"/", b"?", b"#"):
-                raise ProtocolError("invalid absolute-form request target")
-            if rest[:1] != b"/":
-                rest = b"/" + rest
-            path, _, query = rest.partition(b"?")
-        # A fragment is never sent by a conforming client; drop it so it can
-        # reach neither the path nor the query string.
-        if b"#" in path:
-            path = path.partition(b"#")[0]
-            query = b""
-        elif b"#" in query:
-            query = query.partition(b"#")[0]
-        conn = self._conn
-        return Request(
-            method,
-            target,
-            path,
-            query,
-            authority,
-            version,
-            headers,
-            keep_alive=not close and conn.our_state is not h11.MUST_CLOSE,
-            expect_continue=expect_continue and has_body,
-            has_body=has_body,
+        request, _ = build_request(
+            event.method,
+            event.target,
+            event.http_version,
+            list(event.headers),
+            closing=self._conn.our_state is h11.MUST_CLOSE,
         )
+        return request
 
     @property
     def body_complete(self) -> bool:
@@ -339,7 +175,7 @@ class H11Driver:
     def send_response(self, status: int, headers: Headers, reason: bytes = b"") -> bytes:
         # h11 writes the reason phrase unchecked (RFC 9112 section 4:
         # HTAB / SP / VCHAR / obs-text only).
-        if _REASON_INVALID.search(reason) is not None:
+        if REASON_INVALID.search(reason) is not None:
             raise ValueError(f"invalid reason phrase {reason!r}")
         try:
             return self._conn.send(
@@ -378,22 +214,3 @@ class H11Driver:
         if leftover:
             self._head_buf = bytearray(leftover)
         return True
-
-
-def _check_transfer_encoding(values: list[bytes], request_line: bytes) -> None:
-    """RFC 9112 section 6.1 and 6.3, strictly.
-
-    Only a final ``chunked`` frames a request body; anything else means the
-    body length cannot be known, which is how requests are smuggled.
-    """
-    if request_line.endswith(b"HTTP/1.0"):
-        raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
-    codings = [c.strip(b" \t").lower() for v in values for c in v.split(b",")]
-    if any(not c for c in codings):
-        raise ProtocolError("empty transfer coding")
-    if codings[-1] != b"chunked":
-        raise ProtocolError("Transfer-Encoding does not end in chunked")
-    if codings.count(b"chunked") > 1:
-        raise ProtocolError("chunked applied more than once")
-    if len(codings) > 1:
-        raise ProtocolError("unsupported transfer coding", 501)

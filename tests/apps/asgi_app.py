@@ -101,6 +101,8 @@ async def app(scope: State, receive: Any, send: Any) -> None:
         return
     elif path == "/crlf-header":
         await respond(send, 200, b"x", [(b"x-bad", b"a\r\nSet-Cookie: evil=1")])
+    elif path == "/padded-header":
+        await respond(send, 200, b"x", [(b"x-padded", b" \tvalue \t")])
     elif path == "/bad-header-name":
         await respond(send, 200, b"x", [(b"x bad", b"a")])
     elif path == "/stream":
