@@ -326,3 +326,85 @@ async def test_view_args_and_script_name(executor: ThreadPoolExecutor) -> None:
     (place,) = adapter.router.adapters  # one host, one bound map adapter
     assert place[:3] == ("http", "localhost", "localhost") and place[-1] == "/pre"
     assert adapter.router.cache == {}
+
+
+# -- request contexts built on the router's binding -------------------------------------
+
+
+def _environ(
+    path: str, host: str = "localhost", script: str = "", query: str = "a=1"
+) -> dict[str, Any]:
+    from werkzeug.test import EnvironBuilder
+
+    return EnvironBuilder(
+        path=path,
+        base_url=f"http://{host}{script}",
+        query_string=query,
+        method="GET",
+    ).get_environ()
+
+
+def _context_state(ctx: Any) -> tuple[Any, ...]:
+    a = ctx.url_adapter
+    return (
+        sorted(vars(ctx)),
+        ctx.request.host,
+        ctx.request.trusted_hosts,
+        (a.server_name, a.script_name, a.subdomain, a.url_scheme),
+        (a.path_info, a.default_method, a.query_args, a.websocket),
+    )
+
+
+def _urls(ctx: Any) -> tuple[str, str]:
+    from flask import url_for
+
+    with ctx:
+        return url_for("named", name="é"), url_for("named", name="z", _external=True)
+
+
+@pytest.mark.parametrize(
+    ("configure", "path", "host", "script"),
+    [
+        (None, "/async/x", "localhost", ""),
+        (None, "/async/caf%C3%A9", "localhost:8080", "/mount"),
+        ("server_name", "/async/x", "example.com", ""),
+        ("trusted", "/async/x", "good.example", ""),
+    ],
+)
+def test_prebound_context_equals_flasks(
+    configure: str | None, path: str, host: str, script: str, executor: ThreadPoolExecutor
+) -> None:
+    """The context the adapter builds from the router's binding is the one
+    Flask's request_context builds: same attributes, same host, same map
+    binding, and url_for builds the same URLs."""
+    app = Flask("flask_sem_prebound")
+    if configure == "server_name":
+        app.config["SERVER_NAME"] = "example.com"
+        app.subdomain_matching = True
+    if configure == "trusted":
+        app.config["TRUSTED_HOSTS"] = ["good.example"]
+
+    @app.get("/async/<name>")
+    async def named(name: str) -> str:
+        return name
+
+    adapter = FlaskAdapter(app, executor=executor)
+    assert adapter.prebound
+    environ = _environ(path, host, script)
+    assert adapter.router.match(dict(environ)) is not None
+    fast = adapter._request_context(dict(environ))
+    slow = app.request_context(dict(environ))
+    assert fast.url_adapter is not None, "the router had no binding to reuse"
+    assert _context_state(fast) == _context_state(slow)
+    assert _urls(fast) == _urls(slow)
+
+
+def test_prebound_context_falls_back_for_an_overridden_context(
+    executor: ThreadPoolExecutor,
+) -> None:
+    class Custom(Flask):
+        def request_context(self, environ: Any) -> Any:
+            return super().request_context(environ)
+
+    app = Custom("flask_sem_prebound_custom")
+    assert not FlaskAdapter(app, executor=executor).prebound

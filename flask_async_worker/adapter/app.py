@@ -42,7 +42,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response
+from flask.ctx import RequestContext
 from werkzeug.routing import Rule
+from werkzeug.wsgi import get_host
 
 from ..server import Receive, Scope, Send
 from ..wsgi import WSGIAdapter
@@ -131,6 +133,7 @@ class FlaskAdapter:
             log=log.warning,
         )
         self.router = Router(app)
+        self.prebound = prebound_context_supported(app)
         self._kinds: dict[tuple[str, str], bool] = {}
         self._views_seen = -1
         self._any_async = False
@@ -205,7 +208,7 @@ class FlaskAdapter:
         if route is None or not self._is_async(route[0], environ["REQUEST_METHOD"]):
             await self.wsgi.serve(environ, scope, receive, send)
             return
-        ctx = self.flask_app.request_context(environ)
+        ctx = self._request_context(environ)
         if ctx.request.routing_exception is None:
             ctx.request.url_rule, ctx.request.view_args = route
         if not await self._read_body(environ, scope, receive):
@@ -234,6 +237,33 @@ class FlaskAdapter:
                 await asyncio.shield(close_streams(ctx))
 
     # -- routing -------------------------------------------------------------------------
+
+    def _request_context(self, environ: dict[str, Any]) -> RequestContext:
+        """``app.request_context(environ)``, reusing the URL map binding the
+        router already made for this scheme/host/script name instead of
+        binding the map again (the largest cost of building a context)."""
+        app = self.flask_app
+        url_adapter = None
+        if self.prebound and not _REPLACED.intersection(app.__dict__):
+            url_adapter = self.router.url_adapter(environ)
+        if url_adapter is None:
+            return app.request_context(environ)
+        request = app.request_class(environ)
+        request.json_module = app.json
+        # What Flask.create_url_adapter does to the request besides binding.
+        trusted = app.config["TRUSTED_HOSTS"]
+        if trusted is not None:
+            request.trusted_hosts = trusted
+        request.host = get_host(environ, request.trusted_hosts)
+        ctx = RequestContext.__new__(RequestContext)
+        ctx.app = app
+        ctx.request = request
+        ctx.url_adapter = url_adapter
+        ctx.flashes = None
+        ctx._session = None
+        ctx._after_request_functions = []
+        ctx._cv_tokens = []
+        return ctx
 
     def _has_async_views(self) -> bool:
         views = self.flask_app.view_functions
@@ -357,6 +387,39 @@ class FlaskAdapter:
         else:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self.executor, response.close)
+
+
+#: The attributes Flask's RequestContext.__init__ sets, which
+#: FlaskAdapter._request_context sets itself.
+_CONTEXT_FIELDS = frozenset(
+    (
+        "app",
+        "request",
+        "url_adapter",
+        "flashes",
+        "_session",
+        "_after_request_functions",
+        "_cv_tokens",
+    )
+)
+
+
+#: Replaced on the app instance, these are called, not bypassed.
+_REPLACED = frozenset(("request_context", "create_url_adapter", "request_class"))
+
+
+def prebound_context_supported(app: Flask) -> bool:
+    """May request contexts be built without ``RequestContext.__init__``?
+    Only for Flask's own context and URL binding, and only while Flask's
+    constructor sets exactly the attributes the adapter sets."""
+    if (
+        type(app).request_context is not Flask.request_context
+        or type(app).create_url_adapter is not Flask.create_url_adapter
+    ):
+        return False
+    probe = Flask("flask_async_worker_probe")
+    ctx = probe.test_request_context()
+    return type(ctx) is RequestContext and set(vars(ctx)) == _CONTEXT_FIELDS
 
 
 def _next(iterator: Iterator[bytes]) -> Any:

@@ -89,6 +89,33 @@ class Router:
             _bounded_put(self.cache, key, (found[0], dict(found[1])), self.size)
         return found
 
+    def url_adapter(self, environ: dict[str, Any]) -> MapAdapter | None:
+        """A map adapter for ``environ`` equal to what ``bind_to_environ``
+        would make, from the one bound for its place by :meth:`match`
+        (None if there is none: the caller binds afresh)."""
+        if not self.cacheable or "HTTP_UPGRADE" in environ:
+            return None
+        place = (
+            environ["wsgi.url_scheme"],
+            environ.get("HTTP_HOST", ""),
+            environ.get("SERVER_NAME", ""),
+            environ.get("SERVER_PORT", ""),
+            environ.get("SCRIPT_NAME", ""),
+        )
+        bound = self.adapters.get(place)
+        if bound is None:
+            return None
+        return MapAdapter(
+            bound.map,
+            bound.server_name,
+            bound.script_name,
+            bound.subdomain,
+            bound.url_scheme,
+            _wsgi_text(environ.get("PATH_INFO", "")),
+            environ["REQUEST_METHOD"],
+            _wsgi_text(environ.get("QUERY_STRING", "")),
+        )
+
     def _check_signature(self) -> None:
         """Forget every decision when the map or a routing setting changed."""
         app = self.app
@@ -126,8 +153,7 @@ class Router:
                 if adapter is None:
                     adapter = self._bind(environ)
                     _bounded_put(self.adapters, place, adapter, self.size)
-                # What bind_to_environ does with PATH_INFO (WSGI's latin-1).
-                path = environ.get("PATH_INFO", "").encode("latin-1").decode(errors="replace")
+                path = _wsgi_text(environ.get("PATH_INFO", ""))
                 rule, args = adapter.match(path, environ["REQUEST_METHOD"], return_rule=True)
         except HTTPException:
             # 404, 405, redirects, an untrusted host: Flask answers them.
@@ -168,6 +194,11 @@ class Router:
                 type(exc).__name__,
                 exc,
             )
+
+
+def _wsgi_text(value: str) -> str:
+    """What ``bind_to_environ`` does with a WSGI string (latin-1 bytes)."""
+    return value.encode("latin-1").decode(errors="replace") if not value.isascii() else value
 
 
 def _static(rule: Rule) -> bool:
