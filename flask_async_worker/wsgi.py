@@ -32,6 +32,7 @@ from concurrent.futures import Executor
 from typing import IO, Any, TypeVar, cast
 from urllib.parse import unquote_to_bytes
 
+from .pool import run_in_pool
 from .server import Message, Receive, Scope, Send
 
 T = TypeVar("T")
@@ -211,7 +212,7 @@ class WSGIAdapter:
             environ["wsgi.early_hints"] = _early_hints(send, loop)
         call = _Call(self.app, environ, _Outbox(send, loop, self.stream_buffer))
         ctx = contextvars.copy_context()
-        result = await loop.run_in_executor(self.executor, ctx.run, call.run)
+        result = await run_in_pool(self.executor, ctx.run, call.run)
         if result is None:
             return  # streamed (or hijacked) from the thread
         status, headers, body = result

@@ -46,6 +46,7 @@ from flask.ctx import RequestContext
 from werkzeug.routing import Rule
 from werkzeug.wsgi import get_host
 
+from ..pool import run_in_pool
 from ..server import Receive, Scope, Send
 from ..wsgi import WSGIAdapter
 from .body import RequestBody
@@ -360,7 +361,6 @@ class FlaskAdapter:
             await self._close(response)
 
     async def _send_sync_iterable(self, response: Response, start: Any, send: Send) -> None:
-        loop = asyncio.get_running_loop()
         source = response.response if response.direct_passthrough else response.iter_encoded()
         iterator: Iterator[bytes] = iter(source)  # type: ignore[arg-type]
         # One Context for every step: stream_with_context pushes the request
@@ -369,14 +369,14 @@ class FlaskAdapter:
         try:
             await send(start)
             while True:
-                chunk = await loop.run_in_executor(self.executor, ctx.run, _next, iterator)
+                chunk = await run_in_pool(self.executor, ctx.run, _next, iterator)
                 if chunk is _END:
                     break
                 if chunk:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
         finally:
-            await asyncio.shield(loop.run_in_executor(self.executor, ctx.run, response.close))
+            await asyncio.shield(run_in_pool(self.executor, ctx.run, response.close))
 
     async def _close(self, response: Response) -> None:
         aclose = getattr(response.response, "aclose", None)
@@ -385,8 +385,7 @@ class FlaskAdapter:
         if response.is_sequence or response.response is None:
             response.close()
         else:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self.executor, response.close)
+            await run_in_pool(self.executor, response.close)
 
 
 #: The attributes Flask's RequestContext.__init__ sets, which

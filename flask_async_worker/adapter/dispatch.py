@@ -20,7 +20,6 @@ the application customised any of the mirrored methods.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import functools
 import inspect
@@ -46,6 +45,7 @@ from flask.signals import (
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.routing import RoutingException
 
+from ..pool import run_in_pool
 from .body import RequestBody
 from .bridge import PASSTHROUGH, Passthrough, restore_context
 from .views import view_coroutine_functions
@@ -136,10 +136,9 @@ class NativeDispatch:
         if inspect.iscoroutinefunction(func):
             return await func(*args)
         if self.hooks_in_executor:
-            loop = asyncio.get_running_loop()
             ctx = contextvars.copy_context()
             try:
-                rv = await loop.run_in_executor(self.executor, ctx.run, func, *args)
+                rv = await run_in_pool(self.executor, ctx.run, func, *args)
             finally:
                 # A var the hook set is seen by the view, as under Flask.
                 restore_context(ctx)
