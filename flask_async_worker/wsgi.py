@@ -210,7 +210,7 @@ class WSGIAdapter:
             environ["wsgi.input"] = InputStream(receive, loop)
         if "http.response.informational" in scope.get("extensions", {}):
             environ["wsgi.early_hints"] = _early_hints(send, loop)
-        call = _Call(self.app, environ, _Outbox(send, loop, self.stream_buffer))
+        call = _Call(self.app, environ, (send, loop, self.stream_buffer))
         ctx = contextvars.copy_context()
         result = await run_in_pool(self.executor, ctx.run, call.run)
         if result is None:
@@ -391,12 +391,17 @@ class _Outbox:
 class _Call:
     """One WSGI call, run in an executor thread."""
 
-    __slots__ = ("app", "environ", "headers", "outbox", "started", "status")
+    __slots__ = ("_outbox", "app", "environ", "headers", "outbox_args", "started", "status")
 
-    def __init__(self, app: WSGIApp, environ: dict[str, Any], outbox: _Outbox) -> None:
+    def __init__(
+        self, app: WSGIApp, environ: dict[str, Any], outbox_args: tuple[Send, Any, int]
+    ) -> None:
         self.app = app
         self.environ = environ
-        self.outbox = outbox
+        # Made on the first streamed message: most responses are sent whole
+        # and never need one (its condition variable costs per request).
+        self.outbox_args = outbox_args
+        self._outbox: _Outbox | None = None
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.started = False
@@ -420,6 +425,13 @@ class _Call:
         # The legacy write() callable: stream it.
         self._start_stream()
         self._push(data, more=True)
+
+    @property
+    def outbox(self) -> _Outbox:
+        outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = _Outbox(*self.outbox_args)
+        return outbox
 
     def _push(self, data: bytes, more: bool) -> None:
         self.outbox.put({"type": "http.response.body", "body": data, "more_body": more})
