@@ -74,33 +74,114 @@ class FileWrapper:
 class InputStream(io.RawIOBase):
     """``wsgi.input`` that pulls the body from the loop as the app reads.
 
+    The first read starts one receiver task on the loop (so ``Expect:
+    100-continue`` is answered only when the app reads), which keeps up to
+    ``limit`` bytes of body ready for the thread: the thread waits for the
+    loop only when that store is empty, instead of a round trip per chunk.
+    The limit is the upload backpressure: beyond it the receiver stops
+    asking, the server stops reading the socket, and the client is slowed.
+
     A client that leaves in the middle raises werkzeug's
     ``ClientDisconnected`` rather than ending the stream, so a cut-short
     upload is never mistaken for a complete one.
     """
 
-    def __init__(self, receive: Receive, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, receive: Receive, loop: asyncio.AbstractEventLoop, limit: int = COLLECT_LIMIT
+    ) -> None:
         self._receive = receive
         self._loop = loop
+        self._limit = limit
         self._buf = bytearray()
         self._done = False
+        # Shared with the receiver task, under the condition's lock.
+        self._cond = threading.Condition()
+        self._chunks: deque[bytes] = deque()
+        self._stored = 0
+        self._ended = False  # the receiver delivered the last chunk
+        self._failed = False  # the client left
+        self._space: asyncio.Event | None = None  # set when the store has room
+        self._task: asyncio.Task[None] | None = None
 
     def readable(self) -> bool:
         return True
 
     def _fill(self) -> bool:
+        """Move received body into the read buffer; wait if there is none."""
         if self._done:
             return False
-        message = call_in_loop(self._receive(), self._loop)
-        if message["type"] != "http.request":
-            self._done = True
+        cond = self._cond
+        with cond:
+            if self._task is None and not self._ended:
+                self._loop.call_soon_threadsafe(self._start)
+                self._task = _STARTING
+            while not self._chunks and not self._ended and not self._failed:
+                if not cond.wait(1.0) and self._loop.is_closed():
+                    self._failed = True
+            chunks = list(self._chunks)
+            self._chunks.clear()
+            was_full = self._stored >= self._limit
+            self._stored = 0
+            ended, failed = self._ended, self._failed
+        for chunk in chunks:
+            self._buf += chunk
+        if was_full and not ended and not failed:
+            self._loop.call_soon_threadsafe(self._make_room)
+        if chunks:
+            return True
+        self._done = True
+        if failed:
             from werkzeug.exceptions import ClientDisconnected
 
             raise ClientDisconnected()
-        self._buf += message.get("body", b"")
-        if not message.get("more_body", False):
-            self._done = True
-        return True
+        return False
+
+    def _start(self) -> None:
+        self._space = asyncio.Event()
+        self._task = self._loop.create_task(self._run())
+
+    def _make_room(self) -> None:
+        if self._space is not None:
+            self._space.set()
+
+    async def _run(self) -> None:
+        cond = self._cond
+        space = self._space
+        assert space is not None
+        try:
+            while True:
+                message = await self._receive()
+                with cond:
+                    if message["type"] != "http.request":
+                        self._failed = True
+                        cond.notify_all()
+                        return
+                    body = message.get("body", b"")
+                    if body:
+                        self._chunks.append(body)
+                        self._stored += len(body)
+                    more = message.get("more_body", False)
+                    if not more:
+                        self._ended = True
+                    full = self._stored >= self._limit
+                    if full:
+                        space.clear()
+                    cond.notify_all()
+                if not more:
+                    return
+                if full:
+                    await space.wait()
+        except BaseException:
+            with cond:
+                self._failed = True
+                cond.notify_all()
+            raise
+
+    def stop(self) -> None:
+        """The call is over: a receiver still waiting for body is cancelled."""
+        task = self._task
+        if isinstance(task, asyncio.Task) and not task.done():
+            task.cancel()
 
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
@@ -140,6 +221,10 @@ class InputStream(io.RawIOBase):
             if not line:
                 return
             yield line
+
+
+#: Placeholder while the receiver task is being created on the loop.
+_STARTING: Any = object()
 
 
 class _Hijacked(Exception):
@@ -193,6 +278,7 @@ class WSGIAdapter:
         """Run the WSGI app on a prepared environ (``wsgi.input`` is set here)."""
         loop = asyncio.get_running_loop()
         length = environ.get("CONTENT_LENGTH")
+        stream: InputStream | None = None
         if (
             length is None
             and "HTTP_TRANSFER_ENCODING" not in environ
@@ -207,12 +293,17 @@ class WSGIAdapter:
         ):
             environ["wsgi.input"] = io.BytesIO(await _read_body(receive))
         else:
-            environ["wsgi.input"] = InputStream(receive, loop)
+            stream = InputStream(receive, loop, self.stream_buffer)
+            environ["wsgi.input"] = stream
         if "http.response.informational" in scope.get("extensions", {}):
             environ["wsgi.early_hints"] = _early_hints(send, loop)
         call = _Call(self.app, environ, (send, loop, self.stream_buffer))
         ctx = contextvars.copy_context()
-        result = await run_in_pool(self.executor, ctx.run, call.run)
+        try:
+            result = await run_in_pool(self.executor, ctx.run, call.run)
+        finally:
+            if stream is not None:
+                stream.stop()
         if result is None:
             return  # streamed (or hijacked) from the thread
         status, headers, body = result

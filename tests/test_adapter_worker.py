@@ -162,6 +162,47 @@ def test_sync_view_streams_upload_with_backpressure(gunicorn):
     assert grown_kib < 16 * 1024, f"worker RSS grew by {grown_kib} KiB for a {size} byte upload"
 
 
+def _raw(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=5)
+
+
+def test_sync_view_upload_with_expect_continue(stream_server):
+    """``Expect: 100-continue`` to a sync view: answered when the view
+    reads, then the whole body arrives through wsgi.input."""
+    size = 300_000
+    with _raw(stream_server.url) as sock:
+        sock.sendall(
+            b"POST /upload-sync HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+            b"Expect: 100-continue\r\nConnection: close\r\n\r\n" % size
+        )
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(b"u" * size)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 ")
+    assert data.endswith(b'{"size":300000}\n')
+
+
+def test_sync_view_never_sees_a_cut_upload_as_complete(stream_server):
+    """The client leaves after 200 KB of a declared 1 MB: the view's read
+    raises (werkzeug's ClientDisconnected) instead of ending the body."""
+    url = stream_server.url
+    with _raw(url) as sock:
+        sock.sendall(
+            b"POST /upload-sync?tag=cut HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: 1000000\r\n\r\n" + b"c" * 200_000
+        )
+        time.sleep(0.3)
+    time.sleep(1.0)
+    assert not [e for e in events(url) if e.startswith("upload-sync-complete cut")]
+    # and the worker goes on serving uploads
+    r = httpx.post(f"{url}/upload-sync?tag=whole", content=b"w" * 500_000, timeout=10)
+    assert r.json() == {"size": 500_000}
+    assert "upload-sync-complete whole 500000" in events(url)
+
+
 def test_sync_stream_waits_for_a_client_that_does_not_read(stream_server):
     """Download backpressure on the thread path: a generator runs only a
     bounded distance ahead of a client that reads nothing, and is closed

@@ -161,6 +161,9 @@ def upload_sync() -> Response:
         total += len(chunk)
         if delay:
             time.sleep(delay)
+    tag = request.args.get("tag")
+    if tag:
+        EVENTS.append(f"upload-sync-complete {tag} {total}")
     return jsonify(size=total)
 
 
