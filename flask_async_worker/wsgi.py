@@ -45,6 +45,11 @@ PREREAD_LIMIT = 64 * 1024
 #: thread and sent in one piece.
 COLLECT_LIMIT = 256 * 1024
 FILE_BLOCK = 256 * 1024
+#: Header names (lower-case bytes, as the server passes them) to environ
+#: keys: a lookup instead of decode/upper/replace per header per request.
+#: Bounded: names are chosen by clients.
+_HEADER_KEYS: dict[bytes, str] = {}
+_HEADER_KEYS_SIZE = 512
 
 
 class FileWrapper:
@@ -358,7 +363,11 @@ class WSGIAdapter:
             elif name == b"content-length":
                 environ["CONTENT_LENGTH"] = value.decode("latin-1")
             else:
-                key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+                key = _HEADER_KEYS.get(name)
+                if key is None:
+                    key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+                    if len(_HEADER_KEYS) < _HEADER_KEYS_SIZE:
+                        _HEADER_KEYS[name] = key
                 text = value.decode("latin-1")
                 if key in environ:
                     # RFC 9110 section 5.3; cookies are joined with "; ".
