@@ -385,8 +385,8 @@ def hypercorn(port: int) -> list[str]:
     ]
 
 
-H2_LATER = "HTTP/2 rows are the HTTP/2 session's work (h2load): not measured in this harness yet"
-WS_LATER = "WebSocket rows come with the WebSocket issue: not measured in this harness yet"
+H2_LATER = "HTTP/2 rows are not measured yet (h2load): the worker has no HTTP/2 support"
+WS_LATER = "WebSocket rows are not measured yet: the worker has no WebSocket support"
 NO_KEEPALIVE = "closes every connection after one response (no keep-alive)"
 
 ROWS: list[Row] = [
@@ -1483,7 +1483,7 @@ def write_rst(
     ]
     lines += rst_table(header, table)
     lines += [
-        "Floors for our worker (issue 4)",
+        "Targets for our worker",
         "-------------------------------",
         "",
         *check_floors(results),

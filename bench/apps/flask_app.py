@@ -1,6 +1,6 @@
 """The Flask app every Flask row of the benchmark serves (same routes, same code).
 
-Routes (the scenario numbers refer to issue 4 and docs/benchmarks.rst):
+Routes (the scenario numbers are those of docs/benchmarks.rst):
 
 * ``/plaintext``        sync view, a short text body              (scenario 1)
 * ``/json``             sync view, a small JSON object            (scenario 1)
