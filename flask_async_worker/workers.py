@@ -157,6 +157,7 @@ class AsyncioWorker(base.Worker):  # type: ignore[misc]
             "multiprocess": self.cfg.workers > 1,
             "server_software": SERVER_SOFTWARE,
             "stream_buffer": self.settings.extra.write_buffer,
+            "input_buffer": self.settings.extra.body_buffer,
         }
 
     # -- signals -------------------------------------------------------------------

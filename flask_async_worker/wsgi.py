@@ -106,6 +106,7 @@ class InputStream(io.RawIOBase):
         self._ended = False  # the receiver delivered the last chunk
         self._failed = False  # the client left
         self._space: asyncio.Event | None = None  # set when the store has room
+        self._started = False
         self._task: asyncio.Task[None] | None = None
 
     def readable(self) -> bool:
@@ -117,12 +118,14 @@ class InputStream(io.RawIOBase):
             return False
         cond = self._cond
         with cond:
-            if self._task is None and not self._ended:
+            if not self._started:
+                self._started = True
                 self._loop.call_soon_threadsafe(self._start)
-                self._task = _STARTING
-            while not self._chunks and not self._ended and not self._failed:
-                if not cond.wait(1.0) and self._loop.is_closed():
-                    self._failed = True
+            ready = _wait_for_loop(
+                cond, self._loop, lambda: bool(self._chunks) or self._ended or self._failed
+            )
+            if not ready:
+                self._failed = True
             chunks = list(self._chunks)
             self._chunks.clear()
             was_full = self._stored >= self._limit
@@ -185,7 +188,7 @@ class InputStream(io.RawIOBase):
     def stop(self) -> None:
         """The call is over: a receiver still waiting for body is cancelled."""
         task = self._task
-        if isinstance(task, asyncio.Task) and not task.done():
+        if task is not None and not task.done():
             task.cancel()
 
     def read(self, size: int | None = -1) -> bytes:
@@ -228,10 +231,6 @@ class InputStream(io.RawIOBase):
             yield line
 
 
-#: Placeholder while the receiver task is being created on the loop.
-_STARTING: Any = object()
-
-
 class _Hijacked(Exception):
     """The app raised StopIteration: it took the connection over."""
 
@@ -248,10 +247,14 @@ class WSGIAdapter:
         multiprocess: bool = False,
         server_software: str = "gunicorn",
         stream_buffer: int = COLLECT_LIMIT,
+        input_buffer: int = COLLECT_LIMIT,
     ) -> None:
         self.app = app
         self.executor = executor
+        # Response bytes a thread may queue ahead of the client, and request
+        # bytes received ahead of a thread reading wsgi.input.
         self.stream_buffer = stream_buffer
+        self.input_buffer = input_buffer
         self._base: dict[str, Any] = {
             "wsgi.version": (1, 0),
             "wsgi.errors": errors if errors is not None else sys.stderr,
@@ -298,7 +301,7 @@ class WSGIAdapter:
         ):
             environ["wsgi.input"] = io.BytesIO(await _read_body(receive))
         else:
-            stream = InputStream(receive, loop, self.stream_buffer)
+            stream = InputStream(receive, loop, self.input_buffer)
             environ["wsgi.input"] = stream
         if "http.response.informational" in scope.get("extensions", {}):
             environ["wsgi.early_hints"] = _early_hints(send, loop)
@@ -439,11 +442,8 @@ class _Outbox:
                 return
 
     def _wait(self, ready: Callable[[], bool]) -> None:
-        while not ready() and self._error is None:
-            # A bounded wait, so that a loop that stopped for good (a
-            # worker being torn down) cannot leave the thread here forever.
-            if not self._cond.wait(1.0) and self._loop.is_closed():
-                self._error = ConnectionError("the event loop is closed")
+        if not _wait_for_loop(self._cond, self._loop, lambda: ready() or self._error is not None):
+            self._error = ConnectionError("the event loop is closed")
         self._raise_error()
 
     def _raise_error(self) -> None:
@@ -604,6 +604,18 @@ class _Call:
         self._push(b"", more=False)
         self.outbox.flush()
         return None
+
+
+def _wait_for_loop(
+    cond: threading.Condition, loop: asyncio.AbstractEventLoop, ready: Callable[[], bool]
+) -> bool:
+    """Wait (in a pool thread, holding ``cond``) until ``ready()``, for the
+    loop to make it so.  False when the loop closed for good first (a worker
+    being torn down): the thread must not be left waiting forever."""
+    while not ready():
+        if not cond.wait(1.0) and loop.is_closed():
+            return False
+    return True
 
 
 def call_in_loop(awaitable: Awaitable[T], loop: asyncio.AbstractEventLoop) -> T:

@@ -21,37 +21,20 @@ import itertools
 import random
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
 
 from flask_async_worker.protocols.errors import ProtocolError
 from flask_async_worker.protocols.events import Body, EndOfBody, Event, Headers, Request
 from flask_async_worker.protocols.http11 import H11Driver, Limits
+from flask_async_worker.protocols.http11_rules import HTTP11Driver
 from flask_async_worker.protocols.httptools_driver import HttptoolsDriver
 from flask_async_worker.server import http11_driver_class
 from flask_async_worker.settings import Extra
 
-
-class Driver(Protocol):
-    """The surface a HTTP/1.1 driver offers the server."""
-
-    def receive_data(self, data: bytes) -> None: ...
-    def next_event(self) -> Event | None: ...
-    def send_informational(self, status: int, headers: Headers) -> bytes: ...
-    def send_response(self, status: int, headers: Headers, reason: bytes = ...) -> bytes: ...
-    def send_body(self, data: bytes) -> bytes: ...
-    def send_end(self) -> bytes: ...
-    def start_next_cycle(self) -> bool: ...
-    @property
-    def body_complete(self) -> bool: ...
-    @property
-    def waiting_for_continue(self) -> bool: ...
-    @property
-    def head_started(self) -> bool: ...
-    @property
-    def response_will_close(self) -> bool: ...
-
+# The surface server.py relies on, which every driver must offer.
+Driver = HTTP11Driver
 
 MakeDriver = Callable[..., Driver]
 

@@ -72,19 +72,12 @@ class Router:
             # (which werkzeug matches differently): bound afresh each time.
             return self._match(environ)
         self._check_signature()
-        key = (
-            environ["REQUEST_METHOD"],
-            environ["wsgi.url_scheme"],
-            environ.get("HTTP_HOST", ""),
-            environ.get("SERVER_NAME", ""),
-            environ.get("SERVER_PORT", ""),
-            environ.get("SCRIPT_NAME", ""),
-            environ.get("PATH_INFO", ""),
-        )
+        place = _place(environ)
+        key = (environ["REQUEST_METHOD"], *place, environ.get("PATH_INFO", ""))
         hit = self.cache.get(key)
         if hit is not None:
             return hit[0], dict(hit[1])
-        found = self._match(environ, key[1:6])
+        found = self._match(environ, place)
         if found is not None and _static(found[0]):
             _bounded_put(self.cache, key, (found[0], dict(found[1])), self.size)
         return found
@@ -95,14 +88,7 @@ class Router:
         (None if there is none: the caller binds afresh)."""
         if not self.cacheable or "HTTP_UPGRADE" in environ:
             return None
-        place = (
-            environ["wsgi.url_scheme"],
-            environ.get("HTTP_HOST", ""),
-            environ.get("SERVER_NAME", ""),
-            environ.get("SERVER_PORT", ""),
-            environ.get("SCRIPT_NAME", ""),
-        )
-        bound = self.adapters.get(place)
+        bound = self.adapters.get(_place(environ))
         if bound is None:
             return None
         return MapAdapter(
@@ -194,6 +180,17 @@ class Router:
                 type(exc).__name__,
                 exc,
             )
+
+
+def _place(environ: dict[str, Any]) -> tuple[str, ...]:
+    """What a bound map adapter depends on besides the path and method."""
+    return (
+        environ["wsgi.url_scheme"],
+        environ.get("HTTP_HOST", ""),
+        environ.get("SERVER_NAME", ""),
+        environ.get("SERVER_PORT", ""),
+        environ.get("SCRIPT_NAME", ""),
+    )
 
 
 def _wsgi_text(value: str) -> str:
