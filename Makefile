@@ -16,12 +16,14 @@ $(STAMP): setup.cfg setup.py pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# Debian tools the tests drive as real clients (chromium: the headless browser).
+# Debian tools the tests drive as real clients (chromium: the headless browser;
+# nghttp2-client: h2load, an HTTP/2 load generator).
 system-deps:
 	@missing=""; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
 	if [ -n "$$missing" ]; then \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; \
 	fi

@@ -25,16 +25,20 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 from .policy import AddressList, HeaderPolicy
 from .protocols.errors import ProtocolError, error_response
 from .protocols.events import Body, EndOfBody, Headers, Request
+from .protocols.http2 import PREFACE
 from .protocols.http11 import H11Driver
 from .protocols.http11_rules import HTTP11Driver, Limits
 from .protocols.proxy import ProxyInfo, parse_proxy_header
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .server_h2 import H2Session
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -298,11 +302,13 @@ class HTTPConnection(asyncio.Protocol):
         "_pipelined",
         "_proxy_buf",
         "_send_mark",
+        "_sniff",
         "client",
         "cycle",
         "deadline",
         "deadline_kind",
         "driver",
+        "h2",
         "loop",
         "proxy_denied",
         "proxy_info",
@@ -332,6 +338,10 @@ class HTTPConnection(asyncio.Protocol):
         self._send_mark = 0
         self._pipelined = 0
         self._proxy_buf: bytearray | None = None
+        # Bytes read while deciding whether a cleartext client speaks
+        # HTTP/2 with prior knowledge.
+        self._sniff: bytearray | None = None
+        self.h2: H2Session | None = None
         self.proxy_info: ProxyInfo | None = None
         self.proxy_denied = False
         self.client: tuple[str, int] | None = None
@@ -354,10 +364,18 @@ class HTTPConnection(asyncio.Protocol):
             self.server_addr = (sockname[0], sockname[1])
         elif sockname:
             self.server_addr = (str(sockname), None)
-        if transport.get_extra_info("ssl_object") is not None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
             self.scheme = "https"
         peer_ip = self.client[0] if self.client else None
         self.trusted = server.policy.is_trusted(peer_ip)
+        settings = self.settings
+        if ssl_object is not None:
+            if settings.h2_enabled and ssl_object.selected_alpn_protocol() == "h2":
+                self.h2 = _h2_session(self)
+        elif self.trusted and settings.h2_prior_knowledge:
+            # gunicorn's rule: cleartext HTTP/2 only from forwarded_allow_ips.
+            self._sniff = bytearray()
         if self.settings.proxy_protocol != "off":
             if peer_ip in server.proxy_allow:
                 self._proxy_buf = bytearray()
@@ -366,6 +384,8 @@ class HTTPConnection(asyncio.Protocol):
         self.transport.set_write_buffer_limits(high=self.settings.extra.write_buffer)
         self.set_deadline(HEAD, self.settings.extra.header_timeout)
         server.connection_opened(self)
+        if self.h2 is not None and self._proxy_buf is None:
+            self.h2.start(b"")
         if server.closing:
             self.begin_drain(self.loop.time() + self.settings.extra.drain_window)
 
@@ -387,8 +407,19 @@ class HTTPConnection(asyncio.Protocol):
             if rest is None:
                 return
             data = rest
+            if self.h2 is not None:
+                self.h2.start(data)
+                return
             if not data:
                 return
+        if self.h2 is not None:
+            self.h2.data_received(data)
+            return
+        if self._sniff is not None:
+            rest = self._feed_sniff(data)
+            if rest is None:
+                return
+            data = rest
         self.driver.receive_data(data)
         cycle = self.cycle
         if cycle is None:
@@ -405,7 +436,7 @@ class HTTPConnection(asyncio.Protocol):
                 self.pause_reading()
 
     def eof_received(self) -> bool | None:
-        if self._lingering >= 0:
+        if self._lingering >= 0 or self.h2 is not None:
             return None
         self.driver.receive_data(b"")
         if self.cycle is not None:
@@ -423,6 +454,8 @@ class HTTPConnection(asyncio.Protocol):
 
     def serving(self) -> bool:
         """A request of this connection is being served."""
+        if self.h2 is not None:
+            return bool(self.h2.streams)
         return self.cycle is not None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -431,6 +464,8 @@ class HTTPConnection(asyncio.Protocol):
         self.cycle = None
         if cycle is not None:
             cycle.on_disconnect()
+        if self.h2 is not None:
+            self.h2.connection_lost()
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(ClientDisconnected("client disconnected"))
@@ -438,9 +473,24 @@ class HTTPConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        if self.h2 is not None:
+            # Streams wait in their outboxes; reading stops too, so a client
+            # that sends requests (or PINGs) but reads nothing cannot make
+            # the answers pile up.  The connection's send deadline applies.
+            self.pause_reading()
+            self._send_mark = self.transport.get_write_buffer_size()
+            self.set_deadline(SEND, self.settings.extra.send_timeout)
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        h2 = self.h2
+        if h2 is not None:
+            self.clear_deadline(SEND)
+            self.resume_reading()
+            h2.writable()
+            if not h2.streams and self.deadline_kind == NO_DEADLINE:
+                h2.idle()
+            return
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -485,8 +535,10 @@ class HTTPConnection(asyncio.Protocol):
         kind = self.deadline_kind
         self.deadline_kind = NO_DEADLINE
         log = self.server.log
-        if kind == HEAD:
-            if self.driver.head_started or self._proxy_buf:
+        if self.h2 is not None and kind != SEND:
+            self.h2.on_deadline(kind)
+        elif kind == HEAD:
+            if self.driver.head_started or self._proxy_buf or self._sniff:
                 log.warning(
                     "Request head timeout from ip=%s: no complete request in %ss",
                     self.client_ip,
@@ -554,6 +606,8 @@ class HTTPConnection(asyncio.Protocol):
                     # scheme headers, underscores with header_map=refuse).
                     self.protocol_error(exc)
                     return
+                if self.h2 is not None:
+                    return  # upgraded to HTTP/2
         if driver.eof:
             cycle = self.cycle
             if cycle is None:
@@ -580,6 +634,8 @@ class HTTPConnection(asyncio.Protocol):
     def start_request(self, request: Request) -> None:
         self.deadline_kind = NO_DEADLINE
         self._pipelined = 0
+        if self.settings.h2_upgrade and self.trusted and self._try_upgrade(request):
+            return
         cycle = RequestCycle(self, request)
         self.cycle = cycle
         server = self.server
@@ -631,13 +687,93 @@ class HTTPConnection(asyncio.Protocol):
     def begin_drain(self, deadline: float) -> None:
         """Graceful stop: idle connections close after a short window, in
         which a request already sent is still answered (with close)."""
-        if self.cycle is None and not self.driver.head_started:
+        if self.h2 is not None:
+            self.h2.begin_drain()
+        elif self.cycle is None and not self.driver.head_started:
             self.deadline = deadline
             self.deadline_kind = DRAIN
 
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+    # -- HTTP/2 ---------------------------------------------------------------------
+
+    def _feed_sniff(self, data: bytes) -> bytes | None:
+        """Hold the first bytes of a cleartext connection until they show
+        whether it opens with the HTTP/2 preface; the bytes for HTTP/1.1
+        when it does not, None while undecided or switched."""
+        buf = self._sniff
+        assert buf is not None
+        buf += data
+        size = min(len(buf), len(PREFACE))
+        if buf[:size] == PREFACE[:size]:
+            if size < len(PREFACE):
+                return None
+            self._sniff = None
+            self.h2 = _h2_session(self)
+            self.h2.start(bytes(buf))
+            return None
+        self._sniff = None
+        if not self.settings.h2_upgrade:
+            # gunicorn's prior-knowledge rule: a trusted peer on such a port
+            # is expected to speak HTTP/2; a silent downgrade would hide a
+            # misconfigured proxy.
+            self.protocol_error(ProtocolError("expected the HTTP/2 connection preface"))
+            return None
+        return bytes(buf)
+
+    def _try_upgrade(self, request: Request) -> bool:
+        """Switch to HTTP/2 for ``Upgrade: h2c`` (RFC 7540 section 3.2).
+
+        Only a request without a body is upgraded (its body would have to
+        be read before the switch); any other is served over HTTP/1.1, which
+        the RFC allows, as is one whose client sent more after its head.
+        """
+        settings_header = None
+        upgrade = connection = b""
+        for name, value in request.headers:
+            if name == b"upgrade":
+                upgrade = value
+            elif name == b"http2-settings":
+                if settings_header is not None:
+                    return False
+                settings_header = value
+            elif name == b"connection":
+                connection = value
+        if settings_header is None or b"h2c" not in [
+            t.strip(b" \t").lower() for t in upgrade.split(b",")
+        ]:
+            return False
+        tokens = {t.strip(b" \t").lower() for t in connection.split(b",")}
+        if b"upgrade" not in tokens or b"http2-settings" not in tokens:
+            return False
+        if request.has_body or self.driver.buffered:
+            return False
+        self.transport.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
+        )
+        dropped = (b"upgrade", b"http2-settings", b"connection")
+        upgraded = Request(
+            request.method,
+            request.target,
+            request.path,
+            request.query,
+            request.authority,
+            "2",
+            [(n, v) for n, v in request.headers if n not in dropped],
+            keep_alive=True,
+            expect_continue=False,
+            has_body=False,
+        )
+        session = self.h2 = _h2_session(self)
+        try:
+            session.start_upgraded(settings_header, upgraded)
+        except ProtocolError as exc:
+            self.h2 = None
+            self.server.log.warning("Invalid request from ip=%s: %s", self.client_ip, exc.detail)
+            self.transport.close()
+        return True
 
     # -- proxy protocol ------------------------------------------------------------
 
@@ -831,11 +967,15 @@ class RequestCycle:
                     server.log.error(
                         "ASGI app returned before finishing its response: %s", self._describe()
                     )
-                    conn.transport.close()
+                    self._abandon()
         finally:
             task = self.task
             if task is not None:
                 server.tasks.discard(task)
+
+    def _abandon(self) -> None:
+        """A response cut short: the client must not take it for whole."""
+        self.conn.transport.close()
 
     def _describe(self) -> str:
         r = self.request
@@ -1033,6 +1173,13 @@ class RequestCycle:
                 server.log.exception("Exception in post_request hook")
 
 
+def _h2_session(conn: HTTPConnection) -> H2Session:
+    # Imported here: server_h2 builds on this module's classes.
+    from .server_h2 import make_session
+
+    return make_session(conn)
+
+
 def driver_will_close(driver: HTTP11Driver) -> bool:
     return driver.response_will_close
 
@@ -1086,7 +1233,8 @@ class RequestInfo:
         self.uri = request.target.decode("latin-1")
         self.path = request.path.decode("latin-1")
         self.query = request.query.decode("latin-1")
-        self.version = tuple(int(p) for p in request.http_version.split("."))
+        major, _, minor = request.http_version.partition(".")
+        self.version = (int(major), int(minor or 0))
         self.scheme = scope["scheme"]
         self.headers = [
             (n.decode("latin-1").upper(), v.decode("latin-1")) for n, v in scope["headers"]

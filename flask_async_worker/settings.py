@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from .protocols.http2 import H2Limits
 from .protocols.http11_rules import Limits
 
 ENV_PREFIX = "FLASK_ASYNC_WORKER_"
@@ -65,6 +66,12 @@ class Extra:
     #: faster per request) or ``h11`` (pure Python); ``auto`` picks httptools
     #: when it is installed.  Both refuse the same malformed requests.
     http_parser: str = "auto"
+    #: HTTP/2 streams a client may reset (or have refused) per second before
+    #: the connection is closed (the "rapid reset" attack).
+    h2_max_resets: int = 200
+    #: HTTP/2 control frames (PING, SETTINGS, PRIORITY, empty DATA) a client
+    #: may send per second before the connection is closed.
+    h2_max_control_frames: int = 1000
 
     # The text settings and the values each accepts.
     _CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"http_parser": HTTP_PARSERS}
@@ -110,6 +117,23 @@ class Settings:
     proxy_protocol: str = "off"
     is_ssl: bool = False
     disconnect_grace: float = 3.0
+    #: gunicorn's ``http_protocols``: what ALPN offers, in order.
+    http_protocols: tuple[str, ...] = ("h1",)
+    #: gunicorn's ``http2_cleartext``: off, prior-knowledge, upgrade, both.
+    http2_cleartext: str = "off"
+    h2: H2Limits = field(default_factory=H2Limits)
+
+    @property
+    def h2_enabled(self) -> bool:
+        return "h2" in self.http_protocols
+
+    @property
+    def h2_prior_knowledge(self) -> bool:
+        return self.h2_enabled and self.http2_cleartext in ("prior-knowledge", "both")
+
+    @property
+    def h2_upgrade(self) -> bool:
+        return self.h2_enabled and self.http2_cleartext in ("upgrade", "both")
 
     @classmethod
     def from_gunicorn(cls, cfg: Any, environ: Mapping[str, str] | None = None) -> Settings:
@@ -120,13 +144,22 @@ class Settings:
             proxy = "auto"
         elif proxy in (False, None):
             proxy = "off"
+        extra = Extra.from_environ(env)
+        protocols = getattr(cfg, "http_protocols", None) or ["h1"]
+        if isinstance(protocols, str):
+            protocols = [p.strip() for p in protocols.split(",") if p.strip()]
+        cleartext = getattr(cfg, "http2_cleartext", "off")
+        if cleartext is True:
+            cleartext = "prior-knowledge"
+        elif cleartext in (False, None):
+            cleartext = "off"
         return cls(
             limits=Limits(
                 max_request_line=int(cfg.limit_request_line),
                 max_fields=int(cfg.limit_request_fields),
                 max_field_size=int(cfg.limit_request_field_size),
             ),
-            extra=Extra.from_environ(env),
+            extra=extra,
             keepalive=float(cfg.keepalive),
             max_connections=int(cfg.worker_connections),
             graceful_timeout=float(cfg.graceful_timeout),
@@ -138,4 +171,17 @@ class Settings:
             proxy_protocol=str(proxy),
             is_ssl=bool(cfg.is_ssl),
             disconnect_grace=float(getattr(cfg, "asgi_disconnect_grace_period", 3)),
+            http_protocols=tuple(str(p).lower() for p in protocols),
+            http2_cleartext=str(cleartext).lower(),
+            h2=H2Limits(
+                max_concurrent_streams=int(getattr(cfg, "http2_max_concurrent_streams", 100)),
+                initial_window_size=int(getattr(cfg, "http2_initial_window_size", 65535)),
+                max_frame_size=int(getattr(cfg, "http2_max_frame_size", 16384)),
+                # gunicorn reads 0 as "unlimited"; HPACK still needs a number.
+                max_header_list_size=int(getattr(cfg, "http2_max_header_list_size", 65536))
+                or 16 * 1024 * 1024,
+                connection_window=extra.body_buffer * 4,
+                max_resets=extra.h2_max_resets,
+                max_control_frames=extra.h2_max_control_frames,
+            ),
         )

@@ -300,8 +300,10 @@ class AsyncioWorker(base.Worker):  # type: ignore[misc]
         from gunicorn import sock
 
         context = sock.ssl_context(self.cfg)
-        # Advertise only what this worker speaks.
-        context.set_alpn_protocols(["http/1.1"])
+        # Advertise what http_protocols names, in its order of preference.
+        alpn = {"h1": "http/1.1", "h2": "h2"}
+        offered = [alpn[p] for p in self.settings.http_protocols if p in alpn]
+        context.set_alpn_protocols(offered or ["http/1.1"])
         return context
 
     def _close_loop(self) -> None:

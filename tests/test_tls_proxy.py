@@ -222,13 +222,21 @@ def test_tls_serves_https(gunicorn, certs):
         assert r.json()["scheme"] == "https"
         assert client.get(url + "/").text == "hello"
         assert client.post(url + "/echo", content=b"z" * 200_000).content == b"z" * 200_000
-    # ALPN: only what the worker speaks is offered.
-    for s in (server, h2_configured):
-        context = certs.client_context()
-        context.set_alpn_protocols(["h2", "http/1.1"])
-        data, session = tls_exchange(s.port, context)
-        assert session.alpn == "http/1.1"
-        assert body_json(data)["scheme"] == "https"
+    # ALPN offers what http_protocols names: gunicorn's default is HTTP/1.1
+    # only; with h2 listed first, a client offering both gets HTTP/2 (served
+    # in test_http2_e2e.py).
+    context = certs.client_context()
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    data, session = tls_exchange(server.port, context)
+    assert session.alpn == "http/1.1"
+    assert body_json(data)["scheme"] == "https"
+    context = certs.client_context()
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with (
+        socket.create_connection(("127.0.0.1", h2_configured.port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        assert tls.selected_alpn_protocol() == "h2"
     # Plain HTTP on the TLS port gets no HTTP answer, and the worker carries on.
     assert not raw_request(server.port, SCOPE, timeout=2).startswith(b"HTTP/1.1 200")
     assert body_json(tls_exchange(server.port, certs.client_context())[0])["scheme"] == "https"

@@ -1,0 +1,525 @@
+"""HTTP/2 connections: many requests at once on one transport.
+
+An :class:`HTTPConnection` (server.py) that negotiates ``h2`` by ALPN, opens
+with the prior-knowledge preface or upgrades from ``h2c`` hands its bytes to
+an :class:`H2Session`; each stream is an :class:`H2Stream`, the HTTP/1.1
+:class:`RequestCycle` with the wire calls replaced, so scope building, the
+ASGI error handling, gunicorn's hooks and the access log are the same code
+for both versions.
+
+What differs is where the waits are.  On HTTP/1.1 the connection's single
+deadline covers the one request; here streams wait independently, so the
+body and send timeouts of a stream are timers of its own and the
+connection's deadline guards only the connection (its preface, idle time
+between streams, a client that reads nothing).  Response bodies go through
+a per-stream outbox bounded by ``write_buffer``: ``send()`` returns while
+the outbox is under the bound and waits (up to ``send_timeout``) for the
+client's flow-control window to drain it otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from h2.errors import ErrorCodes
+
+from .protocols.errors import ProtocolError
+from .protocols.events import Request
+from .protocols.http2 import (
+    H2Driver,
+    PeerGoAway,
+    StreamData,
+    StreamEnd,
+    StreamRefused,
+    StreamRequest,
+    StreamReset,
+    WindowOpened,
+)
+from .server import (
+    _NO_BODY_STATUS,
+    DRAIN,
+    HEAD,
+    KEEPALIVE,
+    NO_DEADLINE,
+    ClientDisconnected,
+    Message,
+    RequestCycle,
+    _check_response_headers,
+)
+
+if TYPE_CHECKING:
+    from .server import HTTPConnection
+
+
+class H2Session:
+    """The HTTP/2 side of one connection: its streams and their sending."""
+
+    __slots__ = ("conn", "draining", "driver", "pending", "streams")
+
+    def __init__(self, conn: HTTPConnection, driver: H2Driver) -> None:
+        self.conn = conn
+        self.driver = driver
+        self.streams: dict[int, H2Stream] = {}
+        # Streams with response bytes waiting for window or a writable
+        # transport, in the order they started waiting.
+        self.pending: dict[int, H2Stream] = {}
+        self.draining = False
+
+    # -- input -------------------------------------------------------------------
+
+    def start(self, data: bytes) -> None:
+        self.driver.initiate()
+        self.flush()
+        if data:
+            self.data_received(data)
+
+    def start_upgraded(self, settings_header: bytes, request: Request) -> None:
+        """Serve ``request`` (already read over HTTP/1.1) as stream 1."""
+        self.driver.initiate_upgrade(settings_header)
+        self.flush()
+        self._start_stream(1, request)
+        stream = self.streams.get(1)
+        if stream is not None:
+            stream.feed_end()
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        try:
+            events = self.driver.receive_data(data, conn.loop.time())
+        except ProtocolError as exc:
+            conn.server.log.warning("Invalid HTTP/2 from ip=%s: %s", conn.client_ip, exc.detail)
+            self.flush()
+            self.close()
+            return
+        streams = self.streams
+        for event in events:
+            kind = type(event)
+            if kind is StreamData:
+                sid = event.stream_id  # type: ignore[union-attr]
+                stream = streams.get(sid)
+                if stream is None or stream.disconnected or stream.body_complete:
+                    # Nobody will read it: hand the window straight back.
+                    self.driver.acknowledge(sid, event.flow)  # type: ignore[union-attr]
+                else:
+                    stream.feed_flow(event.data, event.flow)  # type: ignore[union-attr]
+            elif kind is StreamRequest:
+                self._start_stream(event.stream_id, event.request)  # type: ignore[union-attr]
+            elif kind is StreamEnd:
+                stream = streams.get(event.stream_id)  # type: ignore[union-attr]
+                if stream is not None:
+                    stream.feed_end()
+            elif kind is WindowOpened:
+                sid = event.stream_id  # type: ignore[union-attr]
+                if sid == 0:
+                    for stream in list(self.pending.values()):
+                        self.pump(stream)
+                else:
+                    stream = self.pending.get(sid)
+                    if stream is not None:
+                        self.pump(stream)
+            elif kind is StreamReset:
+                stream = streams.pop(event.stream_id, None)  # type: ignore[union-attr]
+                if stream is not None:
+                    self.pending.pop(stream.stream_id, None)
+                    stream.on_disconnect()
+            elif kind is StreamRefused:
+                self._refuse(event)  # type: ignore[arg-type]
+            elif kind is PeerGoAway:
+                self.draining = True
+        self.flush()
+        if self.draining and not streams:
+            self.close()
+
+    def _start_stream(self, sid: int, request: Request) -> None:
+        conn = self.conn
+        if self.draining:
+            # After our GOAWAY: the client retries it on a new connection.
+            self.driver.reset(sid, ErrorCodes.REFUSED_STREAM)
+            return
+        conn.deadline_kind = NO_DEADLINE
+        stream = H2Stream(self, sid, request)
+        self.streams[sid] = stream
+        server = conn.server
+        if server.pre_request is not None:
+            try:
+                server.pre_request(server.worker, stream.info())
+            except Exception:
+                server.log.exception("Exception in pre_request hook")
+        task = stream.task = conn.loop.create_task(
+            stream.run(), context=server.base_context.copy()
+        )
+        server.tasks.add(task)
+
+    def _refuse(self, event: StreamRefused) -> None:
+        conn = self.conn
+        conn.server.log.warning("Invalid request from ip=%s: %s", conn.client_ip, event.detail)
+        self.answer(event.stream_id, event.status)
+
+    def answer(self, sid: int, status: int) -> None:
+        """The server's own short error response on one stream."""
+        body = b"%d %s\n" % (status, ProtocolError("", status).reason.encode())
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", b"%d" % len(body)),
+            (b"date", self.conn.server.date),
+        ]
+        driver = self.driver
+        if driver.send_headers(sid, status, headers, end_stream=False):
+            if driver.send_data(sid, memoryview(body), end_stream=True) != len(body):
+                # No window for even this: the client learns by a reset.
+                driver.reset(sid, ErrorCodes.REFUSED_STREAM)
+            elif driver.remote_open(sid):
+                driver.reset(sid, ErrorCodes.NO_ERROR)
+
+    # -- output ------------------------------------------------------------------
+
+    def flush(self) -> None:
+        data = self.driver.data_to_send()
+        if data:
+            self.conn.transport.write(data)
+
+    def pump(self, stream: H2Stream) -> None:
+        """Send what the windows allow of the stream's outbox."""
+        sid = stream.stream_id
+        if self.conn.write_paused:
+            self.pending[sid] = stream
+            return
+        out = stream.outbox
+        if out or stream.out_end:
+            view = memoryview(out)
+            sent = self.driver.send_data(sid, view, stream.out_end)
+            view.release()
+            if sent < 0:
+                self.pending.pop(sid, None)
+                self.streams.pop(sid, None)
+                stream.on_disconnect()
+                return
+            del out[:sent]
+        if out:
+            self.pending[sid] = stream
+        else:
+            self.pending.pop(sid, None)
+        self.flush()
+        stream.wake_sender()
+        if not out and stream.out_end and not stream.finished:
+            stream.finish()
+
+    def writable(self) -> None:
+        """The transport drained: go on with streams that waited for it."""
+        for stream in list(self.pending.values()):
+            if self.conn.write_paused:
+                break
+            self.pump(stream)
+
+    def stream_complete(self, stream: H2Stream) -> None:
+        conn = self.conn
+        sid = stream.stream_id
+        self.streams.pop(sid, None)
+        self.pending.pop(sid, None)
+        server = conn.server
+        server.request_finished(stream)
+        driver = self.driver
+        if driver.remote_open(sid):
+            # RFC 9113 section 8.1: answered before the body was sent; tell
+            # the client to stop sending it.
+            driver.reset(sid, ErrorCodes.NO_ERROR)
+            self.flush()
+        if not server.alive:
+            self.begin_drain()
+        elif not self.streams:
+            self.idle()
+
+    def idle(self) -> None:
+        conn = self.conn
+        if self.draining:
+            self.close()
+        elif conn.settings.keepalive > 0:
+            conn.set_deadline(KEEPALIVE, conn.settings.keepalive)
+        else:
+            self.begin_drain()
+
+    # -- ending ------------------------------------------------------------------
+
+    def begin_drain(self) -> None:
+        """GOAWAY: streams already started finish, no new ones are taken."""
+        if not self.draining:
+            self.draining = True
+            self.driver.goaway()
+            self.flush()
+        if not self.streams:
+            self.close()
+
+    def on_deadline(self, kind: int) -> None:
+        conn = self.conn
+        if kind == HEAD:
+            conn.server.log.debug("Closing HTTP/2 connection from %s: no request", conn.client_ip)
+        if kind in (HEAD, KEEPALIVE, DRAIN):
+            self.driver.goaway()
+            self.flush()
+            self.close()
+
+    def close(self) -> None:
+        self.draining = True
+        self.conn.transport.close()
+
+    def connection_lost(self) -> None:
+        streams = list(self.streams.values())
+        self.streams.clear()
+        self.pending.clear()
+        for stream in streams:
+            stream.on_disconnect()
+
+
+class H2Stream(RequestCycle):
+    """ASGI ``receive``/``send`` for one HTTP/2 stream."""
+
+    __slots__ = (
+        "continue_sent",
+        "finished",
+        "flow_unacked",
+        "out_end",
+        "outbox",
+        "send_waiter",
+        "session",
+        "stream_id",
+        "timed_out",
+    )
+
+    def __init__(self, session: H2Session, stream_id: int, request: Request) -> None:
+        super().__init__(session.conn, request)
+        self.session = session
+        self.stream_id = stream_id
+        self.outbox = bytearray()
+        self.out_end = False
+        self.flow_unacked = 0
+        self.continue_sent = False
+        self.send_waiter: asyncio.Future[None] | None = None
+        self.timed_out = False
+        # response_complete: the app sent its last body message;
+        # finished: END_STREAM went out to the client.
+        self.finished = False
+
+    # -- fed by the session --------------------------------------------------------
+
+    def feed_flow(self, data: bytes, flow: int) -> None:
+        # No read pause: the stream's window (acknowledged as the app reads)
+        # bounds what is buffered here.
+        self.body.append(data)
+        self.body_size += len(data)
+        self.flow_unacked += flow
+        self._wake()
+
+    def feed_end(self) -> None:
+        self.body_complete = True
+        self._wake()
+
+    def on_disconnect(self) -> None:
+        super().on_disconnect()
+        self.wake_sender()
+
+    def wake_sender(self) -> None:
+        waiter = self.send_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- waits with their own timers -------------------------------------------------
+
+    async def _wait_for(self, seconds: float, what: str) -> None:
+        loop = self.conn.loop
+        waiter = loop.create_future()
+        if what == "body":
+            self.waiter = waiter
+        else:
+            self.send_waiter = waiter
+        timer = loop.call_later(seconds, self._expire, waiter, what)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            if what == "body":
+                self.waiter = None
+            else:
+                self.send_waiter = None
+
+    def _expire(self, waiter: asyncio.Future[None], what: str) -> None:
+        if waiter.done() or self.disconnected:
+            return
+        conn = self.conn
+        extra = conn.settings.extra
+        if what == "body":
+            conn.server.log.warning(
+                "Request body timeout from ip=%s: nothing received for %ss",
+                conn.client_ip,
+                extra.body_timeout,
+            )
+        else:
+            conn.server.log.warning(
+                "Send timeout to ip=%s: client read nothing for %ss",
+                conn.client_ip,
+                extra.send_timeout,
+            )
+        self.timed_out = True
+        session = self.session
+        session.streams.pop(self.stream_id, None)
+        session.pending.pop(self.stream_id, None)
+        if what == "body" and not self.wrote_head:
+            # As on HTTP/1.1, the 408 is the server's, not the app's: the
+            # app hears a disconnect.
+            session.answer(self.stream_id, 408)
+        else:
+            session.driver.reset(self.stream_id, ErrorCodes.CANCEL)
+        session.flush()
+        self.on_disconnect()
+
+    # -- ASGI --------------------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        while True:
+            if self.body:
+                body = self.body
+                data = body[0] if len(body) == 1 else b"".join(body)
+                body.clear()
+                self.body_size = 0
+                if self.flow_unacked:
+                    session = self.session
+                    session.driver.acknowledge(self.stream_id, self.flow_unacked)
+                    self.flow_unacked = 0
+                    session.flush()
+                more = not self.body_complete
+                if not more:
+                    self.end_delivered = True
+                return {"type": "http.request", "body": data, "more_body": more}
+            if self.disconnected or self.response_complete:
+                return {"type": "http.disconnect"}
+            if self.body_complete:
+                if not self.end_delivered:
+                    self.end_delivered = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+                await self._wait()
+                continue
+            if self.request.expect_continue and not self.continue_sent:
+                self.continue_sent = True
+                if not self.response_started:
+                    self.session.driver.send_headers(self.stream_id, 100, [], end_stream=False)
+                    self.session.flush()
+            await self._wait_for(self.conn.settings.extra.body_timeout, "body")
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.body":
+            if not self.response_started:
+                raise RuntimeError("http.response.body before http.response.start")
+            if self.response_complete or self.out_end:
+                raise RuntimeError("response already complete")
+            if self.disconnected:
+                raise ClientDisconnected("client disconnected")
+            more = message.get("more_body", False)
+            body = message.get("body", b"")
+            if not self.wrote_head:
+                self._write_head_and(body, more)
+            else:
+                self._write_body(body, more)
+            if more:
+                await self._drain_outbox()
+        elif kind == "http.response.start":
+            if self.response_started:
+                raise RuntimeError("http.response.start sent twice")
+            if self.disconnected:
+                raise ClientDisconnected("client disconnected")
+            status = message["status"]
+            self.response_headers, self.response_has_length, self.response_has_date = (
+                _check_response_headers(message.get("headers", ()))
+            )
+            if type(status) is not int or not 200 <= status <= 599:
+                raise ValueError(f"invalid response status {status!r}")
+            self.status = status
+            self.response_started = True
+        elif kind == "http.response.informational":
+            if self.response_started:
+                raise RuntimeError("informational response after http.response.start")
+            if self.disconnected:
+                raise ClientDisconnected("client disconnected")
+            status = message["status"]
+            if type(status) is not int or not 100 < status < 200 or status == 101:
+                raise ValueError(f"invalid informational status {status!r}")
+            headers = _check_response_headers(message.get("headers", ()))[0]
+            self.session.driver.send_headers(self.stream_id, status, headers, end_stream=False)
+            self.session.flush()
+        else:
+            raise ValueError(f"unexpected ASGI message {kind!r}")
+
+    async def _drain_outbox(self) -> None:
+        """Backpressure: wait while more than ``write_buffer`` bytes wait
+        for the client's window or the transport."""
+        limit = self.conn.settings.extra.write_buffer
+        while len(self.outbox) > limit:
+            if self.disconnected:
+                raise ClientDisconnected("client disconnected")
+            await self._wait_for(self.conn.settings.extra.send_timeout, "send")
+        if self.disconnected:
+            raise ClientDisconnected("client disconnected")
+
+    def _write_head_and(self, body: bytes, more: bool) -> None:
+        session = self.session
+        headers = self.response_headers
+        status = self.status
+        no_body = self.request.method == b"HEAD" or status in _NO_BODY_STATUS
+        if not self.response_has_length and not more and status not in _NO_BODY_STATUS:
+            headers.append((b"content-length", b"%d" % len(body)))
+        if not self.response_has_date:
+            headers.append((b"date", self.conn.server.date))
+        self.wrote_head = True
+        end = not more and (no_body or not body)
+        if not session.driver.send_headers(self.stream_id, status, headers, end_stream=end):
+            session.streams.pop(self.stream_id, None)
+            self.on_disconnect()
+            return
+        if end:
+            self.out_end = True
+            self.response_complete = True
+            self._wake()
+            session.flush()
+            self.finish()
+            return
+        self._write_body(body, more)
+
+    def _write_body(self, body: bytes, more: bool) -> None:
+        if body and self.request.method != b"HEAD" and self.status not in _NO_BODY_STATUS:
+            self.outbox += body
+            self.bytes_sent += len(body)
+        if not more:
+            # Complete for the app (receive() says disconnect, returning is
+            # fine) even while the tail waits for the client's window.
+            self.out_end = True
+            self.response_complete = True
+            self._wake()
+        self.session.pump(self)
+
+    def finish(self) -> None:
+        self.finished = True
+        self.session.stream_complete(self)
+
+    def _abandon(self) -> None:
+        self.session.driver.reset(self.stream_id, ErrorCodes.INTERNAL_ERROR)
+        self.session.flush()
+        self.session.streams.pop(self.stream_id, None)
+        self.session.pending.pop(self.stream_id, None)
+
+    def _fail(self, exc: BaseException | None) -> None:
+        log = self.conn.server.log
+        if exc is not None:
+            log.error("Error handling request %s", self._describe(), exc_info=exc)
+        if self.disconnected or self.response_complete:
+            return
+        if not self.response_started or not self.wrote_head:
+            self.response_started = False
+            self._send_500()
+        else:
+            # Headers are out: a reset tells the client the response is cut.
+            self._abandon()
+
+
+def make_session(conn: HTTPConnection) -> H2Session:
+    settings = conn.settings
+    return H2Session(conn, H2Driver(settings.h2, settings.limits))
