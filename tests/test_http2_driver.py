@@ -40,7 +40,10 @@ class Pair:
         # Unvalidated: some tests send what a conforming client would not.
         self.client = h2.connection.H2Connection(
             h2.config.H2Configuration(
-                client_side=True, header_encoding=None, validate_outbound_headers=False
+                client_side=True,
+                header_encoding=None,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
             )
         )
         self.client.initiate_connection()
@@ -176,12 +179,75 @@ def test_options_asterisk_is_allowed():
     assert start.request.path == b"*"
 
 
-def test_malformed_header_block_ends_the_connection():
+BASE = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a.example")]
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ([(b":method", b"GET"), (b":path", b"/")], 400),  # no :scheme
+        ([*BASE], 400),  # no :path
+        ([*BASE, (b":path", b"")], 400),
+        ([*BASE, (b":path", b"/"), (b":path", b"/x")], 400),
+        ([*BASE, (b":path", b"/"), (b":status", b"200")], 400),
+        ([*BASE, (b"x-a", b"1"), (b":path", b"/")], 400),  # pseudo after regular
+        ([*BASE, (b":path", b"/"), (b"X-Upper", b"1")], 400),
+        ([*BASE, (b":path", b"/"), (b"bad name", b"1")], 400),
+        ([*BASE, (b":path", b"/"), (b"connection", b"keep-alive")], 400),
+        ([*BASE, (b":path", b"/"), (b"transfer-encoding", b"chunked")], 400),
+        ([*BASE, (b":path", b"/"), (b"te", b"gzip")], 400),
+        ([*BASE, (b":path", b"/"), (b"x-a", b"a\r\nx-b: 1")], 400),
+        ([*BASE, (b":path", b"/"), (b"x-a", b"nul\x00")], 400),
+        ([*BASE, (b":path", b"/"), (b"x-a", b" padded")], 400),
+        ([*BASE, (b":path", b"/"), (b"host", b"b.example")], 400),
+        ([*BASE, (b":path", b"/"), (b"host", b"a.example"), (b"host", b"a.example")], 400),
+        ([(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/")], 400),  # no host
+        ([*BASE[:2], (b":authority", b"us@er"), (b":path", b"/")], 400),
+        ([(b":method", b"G T"), *BASE[1:], (b":path", b"/")], 400),
+        ([*BASE, (b":path", b"/"), (b":protocol", b"websocket")], 501),
+    ],
+)
+def test_malformed_requests_are_refused_on_their_stream(headers, status):
+    """RFC 9113 section 8.1.1: a malformed request is a stream error; the
+    client gets the status and the connection carries on."""
     pair = Pair()
     sid = pair.client.get_next_available_stream_id()
-    pair.client.send_headers(sid, [(b":method", b"GET"), (b":path", b"/")], end_stream=True)
+    pair.client.send_headers(sid, headers, end_stream=True)
+    events = pair.to_server()
+    refused = [(e.stream_id, e.status) for e in events if isinstance(e, StreamRefused)]
+    assert refused == [(sid, status)]
+    assert not any(isinstance(e, StreamRequest) for e in events)
+    pair.request(b"/ok")
+    assert any(isinstance(e, StreamRequest) for e in pair.to_server())
+
+
+def test_te_trailers_and_host_alone_are_accepted():
+    pair = Pair()
+    sid = pair.client.get_next_available_stream_id()
+    pair.client.send_headers(
+        sid,
+        [
+            (b":method", b"GET"),
+            (b":scheme", b"http"),
+            (b":path", b"/"),
+            (b"host", b"h.example:8080"),
+            (b"te", b"trailers"),
+        ],
+        end_stream=True,
+    )
+    start = next(e for e in pair.to_server() if isinstance(e, StreamRequest))
+    assert start.request.authority == b"h.example:8080"
+    assert (b"host", b"h.example:8080") in start.request.headers
+
+
+def test_broken_frames_end_the_connection():
+    pair = Pair()
+    pair.client.send_headers(1, [*BASE, (b":path", b"/")], end_stream=True)
+    data = pair.client.data_to_send()
+    # A DATA frame on stream 0 is a connection error (RFC 9113 section 6.1).
+    bad = b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x"
     with pytest.raises(ProtocolError):
-        pair.to_server()
+        pair.server.receive_data(data + bad, pair.now)
     goaway = [f for f in frames(pair.server.data_to_send()) if isinstance(f, GoAwayFrame)]
     assert goaway and goaway[0].error_code == ErrorCodes.PROTOCOL_ERROR
 

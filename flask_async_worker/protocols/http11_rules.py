@@ -42,6 +42,8 @@ _DIGITS = re.compile(rb"[0-9]{1,18}")
 _HOST = re.compile(
     rb"(?:\[[0-9A-Fa-f:.]+(?:%25[\w.~-]+)?\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?"
 )
+#: The same rule for HTTP/2's :authority.
+HOST = _HOST
 _ABSOLUTE_FORM = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.DOTALL)
 SUPPORTED_VERSIONS = {b"1.1": "1.1", b"1.0": "1.0"}
 # RFC 9112 section 3.2: a request-target is visible ASCII only.
