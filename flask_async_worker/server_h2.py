@@ -42,6 +42,7 @@ from .server import (
     HEAD,
     KEEPALIVE,
     NO_DEADLINE,
+    SEND,
     ClientDisconnected,
     Message,
     RequestCycle,
@@ -119,9 +120,9 @@ class H2Session:
                     if stream is not None:
                         self.pump(stream)
             elif kind is StreamReset:
-                stream = streams.pop(event.stream_id, None)  # type: ignore[union-attr]
+                stream = streams.get(event.stream_id)  # type: ignore[union-attr]
                 if stream is not None:
-                    self.pending.pop(stream.stream_id, None)
+                    self.forget(stream)
                     stream.on_disconnect()
             elif kind is StreamRefused:
                 self._refuse(event)  # type: ignore[arg-type]
@@ -137,7 +138,10 @@ class H2Session:
             # After our GOAWAY: the client retries it on a new connection.
             self.driver.reset(sid, ErrorCodes.REFUSED_STREAM)
             return
-        conn.deadline_kind = NO_DEADLINE
+        if conn.deadline_kind != SEND:
+            # Idle or preface deadline over; a client that does not read
+            # keeps its send deadline.
+            conn.deadline_kind = NO_DEADLINE
         stream = H2Stream(self, sid, request)
         self.streams[sid] = stream
         server = conn.server
@@ -191,8 +195,7 @@ class H2Session:
             sent = self.driver.send_data(sid, view, stream.out_end)
             view.release()
             if sent < 0:
-                self.pending.pop(sid, None)
-                self.streams.pop(sid, None)
+                self.forget(stream)
                 stream.on_disconnect()
                 return
             del out[:sent]
@@ -229,6 +232,17 @@ class H2Session:
             self.begin_drain()
         elif not self.streams:
             self.idle()
+
+    def forget(self, stream: H2Stream) -> None:
+        """A stream ended without completing (reset, timed out, failed):
+        with none left the connection is idle, as after a completed one."""
+        self.streams.pop(stream.stream_id, None)
+        self.pending.pop(stream.stream_id, None)
+        if not self.streams and self.conn.deadline_kind == NO_DEADLINE:
+            if self.conn.server.alive:
+                self.idle()
+            else:
+                self.begin_drain()
 
     def idle(self) -> None:
         conn = self.conn
@@ -346,6 +360,11 @@ class H2Stream(RequestCycle):
         if waiter.done() or self.disconnected:
             return
         conn = self.conn
+        if what == "send" and conn.write_paused:
+            # The socket stalls, not this stream's window: the connection's
+            # send deadline (one warning, progress-checked) is in charge.
+            waiter.set_result(None)
+            return
         extra = conn.settings.extra
         if what == "body":
             conn.server.log.warning(
@@ -361,8 +380,6 @@ class H2Stream(RequestCycle):
             )
         self.timed_out = True
         session = self.session
-        session.streams.pop(self.stream_id, None)
-        session.pending.pop(self.stream_id, None)
         if what == "body" and not self.wrote_head:
             # As on HTTP/1.1, the 408 is the server's, not the app's: the
             # app hears a disconnect.
@@ -370,6 +387,7 @@ class H2Stream(RequestCycle):
         else:
             session.driver.reset(self.stream_id, ErrorCodes.CANCEL)
         session.flush()
+        session.forget(self)
         self.on_disconnect()
 
     # -- ASGI --------------------------------------------------------------------------
@@ -472,7 +490,7 @@ class H2Stream(RequestCycle):
         self.wrote_head = True
         end = not more and (no_body or not body)
         if not session.driver.send_headers(self.stream_id, status, headers, end_stream=end):
-            session.streams.pop(self.stream_id, None)
+            session.forget(self)
             self.on_disconnect()
             return
         if end:
@@ -503,8 +521,7 @@ class H2Stream(RequestCycle):
     def _abandon(self) -> None:
         self.session.driver.reset(self.stream_id, ErrorCodes.INTERNAL_ERROR)
         self.session.flush()
-        self.session.streams.pop(self.stream_id, None)
-        self.session.pending.pop(self.stream_id, None)
+        self.session.forget(self)
 
     def _fail(self, exc: BaseException | None) -> None:
         log = self.conn.server.log

@@ -178,6 +178,7 @@ class H2Driver:
     """One server-side HTTP/2 connection."""
 
     __slots__ = (
+        "_admitted",
         "_control",
         "_goaway",
         "_goaway_sent",
@@ -220,6 +221,7 @@ class H2Driver:
         self._period = 0.0
         self._resets = 0
         self._control = 0
+        self._admitted = 0
         self.last_stream_id = 0
         self.terminated = False
         self._goaway = b""
@@ -231,6 +233,15 @@ class H2Driver:
         """Queue the server preface (our SETTINGS)."""
         self.conn.initiate_connection()
         self._open_connection_window()
+        self._lift_stream_limit()
+
+    def _lift_stream_limit(self) -> None:
+        # Announced as set, but h2 would end the whole connection for one
+        # stream too many; _on_request refuses just that stream instead.
+        codes = h2.settings.SettingCodes
+        values = {codes(k): v for k, v in self.conn.local_settings.items()}
+        values[codes.MAX_CONCURRENT_STREAMS] = 2**31 - 1
+        self.conn.local_settings = h2.settings.Settings(client=False, initial_values=values)
 
     def initiate_upgrade(self, settings_header: bytes) -> None:
         """Start after ``Upgrade: h2c``: stream 1 is the upgraded request,
@@ -240,6 +251,7 @@ class H2Driver:
         except (h2.exceptions.ProtocolError, ValueError) as exc:
             raise ProtocolError(f"invalid HTTP2-Settings header: {exc}") from None
         self._open_connection_window()
+        self._lift_stream_limit()
         self.last_stream_id = 1
 
     def _open_connection_window(self) -> None:
@@ -266,6 +278,9 @@ class H2Driver:
             self._period = now
             self._resets = 0
             self._control = 0
+        # Streams open before this data; the ones it opens are admitted in
+        # order, so the stream over the limit is refused, not an earlier one.
+        self._admitted = self.conn.open_inbound_streams
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -334,6 +349,11 @@ class H2Driver:
         assert sid is not None
         self.last_stream_id = max(self.last_stream_id, sid)
         ended = event.stream_ended is not None
+        if self._admitted >= self._limits.max_concurrent_streams:
+            self.reset(sid, ErrorCodes.REFUSED_STREAM)
+            self._count_reset()
+            return
+        self._admitted += 1
         try:
             request = self.build_request(event.headers or [], ended)
         except ProtocolError as exc:
