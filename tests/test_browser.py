@@ -1,4 +1,4 @@
-"""The SSE example in a real headless browser.
+"""The SSE example in a real headless browser, over HTTP/1.1 and HTTP/2.
 
 ``examples/sse.py`` serves a page whose ``EventSource`` renders each event
 into a list.  Headless Chromium (the Debian ``chromium`` package, driven by
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 from playwright.sync_api import Browser, sync_playwright
 
 from .conftest import EXAMPLES
@@ -104,3 +105,60 @@ def test_sse_page_renders_events_and_closing_the_tab_ends_the_stream(gunicorn, b
     sent = stats["sent"]
     time.sleep(0.5)
     assert httpx.get(f"{server.url}/stats", timeout=2).json()["sent"] == sent
+
+
+def test_sse_over_http2_in_the_browser_and_tab_close_resets_only_its_stream(
+    gunicorn, browser, tmp_path
+):
+    """The same page over TLS with HTTP/2 negotiated by ALPN.  Closing the
+    tab does not close the browser's connection (HTTP/2 shares it): Chromium
+    resets the EventSource's stream, and that alone must end the generator."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    key_file, cert_file = tmp_path / "key.pem", tmp_path / "cert.pem"
+    cert.private_key_pem.write_to_path(str(key_file))
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    server = gunicorn(
+        "sse:app",
+        "--http-protocols",
+        "h2,h1",
+        "--certfile",
+        str(cert_file),
+        "--keyfile",
+        str(key_file),
+        cwd=EXAMPLES,
+    )
+    url = f"https://127.0.0.1:{server.port}"
+
+    def stats() -> dict[str, int]:
+        # verify=False: the test CA is the browser's problem, not this check's.
+        with httpx.Client(http2=True, verify=False, timeout=2) as client:
+            response = client.get(f"{url}/stats")
+            assert response.http_version == "HTTP/2"
+            return response.json()  # type: ignore[no-any-return]
+
+    context = browser.new_context(ignore_https_errors=True)
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    try:
+        response = page.goto(url + "/", wait_until="load")
+        assert response is not None and response.status == 200
+        protocol = page.evaluate("performance.getEntriesByType('navigation')[0].nextHopProtocol")
+        assert protocol == "h2"
+        page.wait_for_function("document.querySelectorAll('#events li').length >= 3")
+        items = page.evaluate(
+            "[...document.querySelectorAll('#events li')].map((li) => li.textContent)"
+        )
+        assert items[:3] == [f"tick {n} for 127.0.0.1" for n in range(3)], items
+        assert stats()["opened"] == 1
+    finally:
+        closed_at = time.monotonic()
+        page.close()
+    deadline = time.monotonic() + 2.0
+    current = stats()
+    while current["closed"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        current = stats()
+    assert current["opened"] == 1 and current["closed"] == 1, current
+    assert time.monotonic() - closed_at < 2.0
+    context.close()
