@@ -1063,11 +1063,13 @@ class RequestCycle:
                 self._write_head_and(body, more)
             else:
                 self._write_body(body, more)
-            if more and self.conn.write_paused:
-                await self.conn.drain()
+            if more:
+                await self._backpressure()
         elif kind == "http.response.start":
             if self.response_started:
                 raise RuntimeError("http.response.start sent twice")
+            if self.disconnected:
+                raise ClientDisconnected("client disconnected")
             status = message["status"]
             headers = message.get("headers", ())
             self.response_headers, self.response_has_length, self.response_has_date = (
@@ -1085,11 +1087,19 @@ class RequestCycle:
             status = message["status"]
             if type(status) is not int or not 100 < status < 200 or status == 101:
                 raise ValueError(f"invalid informational status {status!r}")
-            if self.request.http_version != "1.0":
-                headers = _check_response_headers(message.get("headers", ()))[0]
-                self.conn.transport.write(self.conn.driver.send_informational(status, headers))
+            headers = _check_response_headers(message.get("headers", ()))[0]
+            self._write_informational(status, headers)
         else:
             raise ValueError(f"unexpected ASGI message {kind!r}")
+
+    async def _backpressure(self) -> None:
+        """Wait while the client is behind (more body is coming)."""
+        if self.conn.write_paused:
+            await self.conn.drain()
+
+    def _write_informational(self, status: int, headers: Headers) -> None:
+        if self.request.http_version != "1.0":
+            self.conn.transport.write(self.conn.driver.send_informational(status, headers))
 
     def _write_head_and(self, body: bytes, more: bool) -> None:
         conn = self.conn

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from h2.errors import ErrorCodes
 
 from .protocols.errors import ProtocolError
-from .protocols.events import Request
+from .protocols.events import Headers, Request
 from .protocols.http2 import (
     H2Driver,
     PeerGoAway,
@@ -46,7 +46,6 @@ from .server import (
     ClientDisconnected,
     Message,
     RequestCycle,
-    _check_response_headers,
 )
 
 if TYPE_CHECKING:
@@ -423,51 +422,11 @@ class H2Stream(RequestCycle):
                     self.session.flush()
             await self._wait_for(self.conn.settings.extra.body_timeout, "body")
 
-    async def send(self, message: Message) -> None:
-        kind = message["type"]
-        if kind == "http.response.body":
-            if not self.response_started:
-                raise RuntimeError("http.response.body before http.response.start")
-            if self.response_complete or self.out_end:
-                raise RuntimeError("response already complete")
-            if self.disconnected:
-                raise ClientDisconnected("client disconnected")
-            more = message.get("more_body", False)
-            body = message.get("body", b"")
-            if not self.wrote_head:
-                self._write_head_and(body, more)
-            else:
-                self._write_body(body, more)
-            if more:
-                await self._drain_outbox()
-        elif kind == "http.response.start":
-            if self.response_started:
-                raise RuntimeError("http.response.start sent twice")
-            if self.disconnected:
-                raise ClientDisconnected("client disconnected")
-            status = message["status"]
-            self.response_headers, self.response_has_length, self.response_has_date = (
-                _check_response_headers(message.get("headers", ()))
-            )
-            if type(status) is not int or not 200 <= status <= 599:
-                raise ValueError(f"invalid response status {status!r}")
-            self.status = status
-            self.response_started = True
-        elif kind == "http.response.informational":
-            if self.response_started:
-                raise RuntimeError("informational response after http.response.start")
-            if self.disconnected:
-                raise ClientDisconnected("client disconnected")
-            status = message["status"]
-            if type(status) is not int or not 100 < status < 200 or status == 101:
-                raise ValueError(f"invalid informational status {status!r}")
-            headers = _check_response_headers(message.get("headers", ()))[0]
-            self.session.driver.send_headers(self.stream_id, status, headers, end_stream=False)
-            self.session.flush()
-        else:
-            raise ValueError(f"unexpected ASGI message {kind!r}")
+    def _write_informational(self, status: int, headers: Headers) -> None:
+        self.session.driver.send_headers(self.stream_id, status, headers, end_stream=False)
+        self.session.flush()
 
-    async def _drain_outbox(self) -> None:
+    async def _backpressure(self) -> None:
         """Backpressure: wait while more than ``write_buffer`` bytes wait
         for the client's window or the transport."""
         limit = self.conn.settings.extra.write_buffer
