@@ -1014,14 +1014,13 @@ class RequestCycle:
                 data = body[0] if len(body) == 1 else b"".join(body)
                 body.clear()
                 self.body_size = 0
-                self.conn.resume_reading()
+                self._body_taken()
                 more = not self.body_complete
                 if not more:
                     self.end_delivered = True
                 return {"type": "http.request", "body": data, "more_body": more}
             if self.disconnected or self.response_complete:
                 return {"type": "http.disconnect"}
-            conn = self.conn
             if self.body_complete:
                 if not self.end_delivered:
                     self.end_delivered = True
@@ -1030,16 +1029,24 @@ class RequestCycle:
                 # the client leaves or the response is done.
                 await self._wait()
                 continue
-            if conn.driver.waiting_for_continue and not self.response_started:
-                # RFC 9110 section 10.1.1: answer 100 only when the app
-                # actually reads the body, so it can refuse it unread.
-                conn.transport.write(conn.driver.send_informational(100, []))
-            conn.resume_reading()
-            conn.set_deadline(BODY, conn.settings.extra.body_timeout)
-            try:
-                await self._wait()
-            finally:
-                conn.clear_deadline(BODY)
+            await self._wait_for_body()
+
+    def _body_taken(self) -> None:
+        """The app took the buffered body: let the client send more."""
+        self.conn.resume_reading()
+
+    async def _wait_for_body(self) -> None:
+        conn = self.conn
+        if conn.driver.waiting_for_continue and not self.response_started:
+            # RFC 9110 section 10.1.1: answer 100 only when the app
+            # actually reads the body, so it can refuse it unread.
+            conn.transport.write(conn.driver.send_informational(100, []))
+        conn.resume_reading()
+        conn.set_deadline(BODY, conn.settings.extra.body_timeout)
+        try:
+            await self._wait()
+        finally:
+            conn.clear_deadline(BODY)
 
     async def _wait(self) -> None:
         waiter = self.waiter = self.conn.loop.create_future()

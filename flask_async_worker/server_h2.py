@@ -44,7 +44,6 @@ from .server import (
     NO_DEADLINE,
     SEND,
     ClientDisconnected,
-    Message,
     RequestCycle,
 )
 
@@ -391,36 +390,20 @@ class H2Stream(RequestCycle):
 
     # -- ASGI --------------------------------------------------------------------------
 
-    async def receive(self) -> Message:
-        while True:
-            if self.body:
-                body = self.body
-                data = body[0] if len(body) == 1 else b"".join(body)
-                body.clear()
-                self.body_size = 0
-                if self.flow_unacked:
-                    session = self.session
-                    session.driver.acknowledge(self.stream_id, self.flow_unacked)
-                    self.flow_unacked = 0
-                    session.flush()
-                more = not self.body_complete
-                if not more:
-                    self.end_delivered = True
-                return {"type": "http.request", "body": data, "more_body": more}
-            if self.disconnected or self.response_complete:
-                return {"type": "http.disconnect"}
-            if self.body_complete:
-                if not self.end_delivered:
-                    self.end_delivered = True
-                    return {"type": "http.request", "body": b"", "more_body": False}
-                await self._wait()
-                continue
-            if self.request.expect_continue and not self.continue_sent:
-                self.continue_sent = True
-                if not self.response_started:
-                    self.session.driver.send_headers(self.stream_id, 100, [], end_stream=False)
-                    self.session.flush()
-            await self._wait_for(self.conn.settings.extra.body_timeout, "body")
+    def _body_taken(self) -> None:
+        # Re-open the stream's window by what the app took.
+        if self.flow_unacked:
+            session = self.session
+            session.driver.acknowledge(self.stream_id, self.flow_unacked)
+            self.flow_unacked = 0
+            session.flush()
+
+    async def _wait_for_body(self) -> None:
+        if self.request.expect_continue and not self.continue_sent:
+            self.continue_sent = True
+            if not self.response_started:
+                self._write_informational(100, [])
+        await self._wait_for(self.conn.settings.extra.body_timeout, "body")
 
     def _write_informational(self, status: int, headers: Headers) -> None:
         self.session.driver.send_headers(self.stream_id, status, headers, end_stream=False)
