@@ -162,6 +162,20 @@ class Server:
     def alive(self) -> bool:
         return bool(self.worker.alive) and not self.closing
 
+    def launch(self, cycle: RequestCycle) -> None:
+        """Run gunicorn's pre_request hook and start the app's task."""
+        if self.pre_request is not None:
+            try:
+                self.pre_request(self.worker, cycle.info())
+            except Exception:
+                self.log.exception("Exception in pre_request hook")
+        task = cycle.task = self.loop.create_task(cycle.run(), context=self.base_context.copy())
+        # run() takes the task out again as it ends: cheaper than a done
+        # callback, which costs the loop one more scheduled call per request.
+        # (A task cancelled before it ever ran stays until the server goes:
+        # only cancel_requests, at shutdown, does that.)
+        self.tasks.add(task)
+
     def request_finished(self, cycle: RequestCycle) -> None:
         worker = self.worker
         worker.nr += 1
@@ -638,18 +652,7 @@ class HTTPConnection(asyncio.Protocol):
             return
         cycle = RequestCycle(self, request)
         self.cycle = cycle
-        server = self.server
-        if server.pre_request is not None:
-            try:
-                server.pre_request(server.worker, cycle.info())
-            except Exception:
-                server.log.exception("Exception in pre_request hook")
-        task = cycle.task = self.loop.create_task(cycle.run(), context=server.base_context.copy())
-        # run() takes the task out again as it ends: cheaper than a done
-        # callback, which costs the loop one more scheduled call per request.
-        # (A task cancelled before it ever ran stays until the server goes:
-        # only cancel_requests, at shutdown, does that.)
-        server.tasks.add(task)
+        self.server.launch(cycle)
 
     def response_done(self, cycle: RequestCycle) -> None:
         """The response was written in full; start on the next request."""

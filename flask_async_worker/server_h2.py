@@ -142,16 +142,7 @@ class H2Session:
             conn.deadline_kind = NO_DEADLINE
         stream = H2Stream(self, sid, request)
         self.streams[sid] = stream
-        server = conn.server
-        if server.pre_request is not None:
-            try:
-                server.pre_request(server.worker, stream.info())
-            except Exception:
-                server.log.exception("Exception in pre_request hook")
-        task = stream.task = conn.loop.create_task(
-            stream.run(), context=server.base_context.copy()
-        )
-        server.tasks.add(task)
+        conn.server.launch(stream)
 
     def _refuse(self, event: StreamRefused) -> None:
         conn = self.conn
