@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 class H2Session:
     """The HTTP/2 side of one connection: its streams and their sending."""
 
-    __slots__ = ("conn", "draining", "driver", "pending", "streams")
+    __slots__ = ("conn", "draining", "driver", "flush_due", "pending", "streams")
 
     def __init__(self, conn: HTTPConnection, driver: H2Driver) -> None:
         self.conn = conn
@@ -64,6 +64,7 @@ class H2Session:
         # transport, in the order they started waiting.
         self.pending: dict[int, H2Stream] = {}
         self.draining = False
+        self.flush_due = False
 
     # -- input -------------------------------------------------------------------
 
@@ -168,9 +169,21 @@ class H2Session:
     # -- output ------------------------------------------------------------------
 
     def flush(self) -> None:
+        self.flush_due = False
         data = self.driver.data_to_send()
         if data:
             self.conn.transport.write(data)
+
+    def flush_soon(self) -> None:
+        """Write at the end of this loop iteration: the responses of the
+        streams that finish together leave in one write, not one each."""
+        if not self.flush_due:
+            self.flush_due = True
+            self.conn.loop.call_soon(self._flush_due)
+
+    def _flush_due(self) -> None:
+        if self.flush_due and not self.conn.transport.is_closing():
+            self.flush()
 
     def pump(self, stream: H2Stream) -> None:
         """Send what the windows allow of the stream's outbox."""
@@ -192,7 +205,7 @@ class H2Session:
             self.pending[sid] = stream
         else:
             self.pending.pop(sid, None)
-        self.flush()
+        self.flush_soon()
         stream.wake_sender()
         if not out and stream.out_end and not stream.finished:
             stream.finish()
@@ -264,6 +277,7 @@ class H2Session:
 
     def close(self) -> None:
         self.draining = True
+        self.flush()
         self.conn.transport.close()
 
     def connection_lost(self) -> None:
@@ -430,7 +444,7 @@ class H2Stream(RequestCycle):
             self.out_end = True
             self.response_complete = True
             self._wake()
-            session.flush()
+            session.flush_soon()
             self.finish()
             return
         self._write_body(body, more)
