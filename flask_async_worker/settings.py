@@ -66,6 +66,9 @@ class Extra:
     #: faster per request) or ``h11`` (pure Python); ``auto`` picks httptools
     #: when it is installed.  Both refuse the same malformed requests.
     http_parser: str = "auto"
+    #: The first-generation threshold of Python's cyclic garbage collector
+    #: in the worker (Python's default is 700; see docs/settings.rst).
+    gc_threshold: int = 7000
     #: HTTP/2 streams a client may reset (or have refused) per second before
     #: the connection is closed (the "rapid reset" attack).
     h2_max_resets: int = 200
