@@ -337,3 +337,60 @@ def test_sigterm_finishes_streams_in_flight(gunicorn):
     assert out.startswith(b"HTTP/2 200"), (out, err)
     assert b'"slept":1.5' in out
     assert server.proc.wait(10) == 0
+
+
+def test_max_requests_retires_the_worker_between_http2_connections(gunicorn):
+    """--max-requests on HTTP/2: the worker that reached it answers the
+    request that did so, sends GOAWAY and is replaced; connections opened
+    after are served by its successor."""
+    server = gunicorn(
+        "h2_app:app",
+        "--max-requests",
+        "10",
+        "--http-protocols",
+        "h2",
+        "--http2-cleartext",
+        "prior-knowledge",
+    )
+    h2load = shutil.which("h2load")
+    assert h2load
+    for _ in range(6):
+        # Five requests per connection: every tenth ends a connection.
+        result = subprocess.run(
+            [h2load, "-c", "1", "-m", "1", "-n", "5", f"{server.url}/ahello"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert "5 succeeded, 0 failed, 0 errored" in result.stdout, result.stdout
+    server.wait_for_log(r"Booting worker with pid", count=3)
+    assert server.log().count("Autorestarting worker after current request.") >= 2
+
+
+def test_expect_100_continue_over_http2(servers, tmp_path):
+    """The interim 100 goes out when the app reads the body, as on HTTP/1.1."""
+    blob = tmp_path / "body.bin"
+    data = os.urandom(300_000)
+    blob.write_bytes(data)
+    curl = shutil.which("curl")
+    assert curl
+    out = subprocess.run(
+        [
+            curl,
+            "-sS",
+            "-i",
+            "--http2-prior-knowledge",
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+            f"@{blob}",
+            f"{servers['prior'].url}/echo",
+        ],
+        capture_output=True,
+        timeout=10,
+        check=True,
+    ).stdout
+    assert out.startswith(b"HTTP/2 100"), out[:200]
+    assert b"HTTP/2 200" in out
+    body = json.loads(out.rpartition(b"\r\n\r\n")[2])
+    assert body == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
