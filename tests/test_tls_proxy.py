@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
 import httpx
 import pytest
 import trustme
@@ -290,3 +293,49 @@ def test_tls_client_certificates_ciphers_and_ssl_context_hook(gunicorn, certs):
     data, session = tls_exchange(hooked.port, certs.client_context())
     assert session.version == "TLSv1.3"
     assert body_json(data)["scheme"] == "https"
+
+
+def test_proxy_protocol_then_http2_prior_knowledge(gunicorn):
+    """A balancer speaking PROXY v1 and then cleartext HTTP/2 (Envoy-style):
+    the preface is looked for after the PROXY header, and the stream's
+    client is the one the header names."""
+    server = gunicorn(
+        "asgi_app:app",
+        "--proxy-protocol",
+        "v1",
+        "--http-protocols",
+        "h2,h1",
+        "--http2-cleartext",
+        "prior-knowledge",
+    )
+    client = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    client.initiate_connection()
+    client.send_headers(
+        1,
+        [
+            (b":method", b"GET"),
+            (b":scheme", b"http"),
+            (b":authority", b"x"),
+            (b":path", b"/scope"),
+        ],
+        end_stream=True,
+    )
+    body = b""
+    ended = False
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(V1 + client.data_to_send())
+        while not ended:
+            data = sock.recv(65536)
+            assert data, "connection closed before the response ended"
+            for event in client.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    client.acknowledge_received_data(event.flow_controlled_length, 1)
+                elif isinstance(event, h2.events.StreamEnded):
+                    ended = True
+            sock.sendall(client.data_to_send())
+    scope = json.loads(body)
+    assert scope["client"] == ["1.2.3.4", 1111]
+    assert scope["http_version"] == "2"
