@@ -300,7 +300,6 @@ class H2Stream(RequestCycle):
         "send_waiter",
         "session",
         "stream_id",
-        "timed_out",
     )
 
     def __init__(self, session: H2Session, stream_id: int, request: Request) -> None:
@@ -312,7 +311,6 @@ class H2Stream(RequestCycle):
         self.flow_unacked = 0
         self.continue_sent = False
         self.send_waiter: asyncio.Future[None] | None = None
-        self.timed_out = False
         # response_complete: the app sent its last body message;
         # finished: END_STREAM went out to the client.
         self.finished = False
@@ -381,7 +379,6 @@ class H2Stream(RequestCycle):
                 conn.client_ip,
                 extra.send_timeout,
             )
-        self.timed_out = True
         session = self.session
         if what == "body" and not self.wrote_head:
             # As on HTTP/1.1, the 408 is the server's, not the app's: the

@@ -571,7 +571,3 @@ class H2Driver:
             self._goaway_sent = True
             data += self._goaway
         return data
-
-    @property
-    def open_streams(self) -> int:
-        return self.conn.open_inbound_streams
