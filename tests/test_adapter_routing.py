@@ -23,10 +23,11 @@ from typing import Any
 import httpx
 import pytest
 from flask import Flask, request
+from flask.globals import _cv_request
 from werkzeug.routing import Rule
 
 from flask_async_worker.adapter import FlaskAdapter
-from flask_async_worker.adapter.routing import Router
+from flask_async_worker.adapter.routing import MatchedAdapter, Router, install_prebound_hook
 
 
 @pytest.fixture
@@ -408,3 +409,60 @@ def test_prebound_context_falls_back_for_an_overridden_context(
 
     app = Custom("flask_sem_prebound_custom")
     assert not FlaskAdapter(app, executor=executor).prebound
+
+
+# -- the thread path reuses the router's match ------------------------------------------
+
+
+async def test_thread_path_takes_the_routers_match(executor: ThreadPoolExecutor) -> None:
+    """Flask's wsgi_app, run as is in the pool, gets the router's binding
+    and match through create_url_adapter: no second bind or match, and the
+    same rule, arguments, url_for and script root as its own."""
+    app = basic_app()
+    matched: list[str] = []
+
+    @app.before_request
+    def record() -> None:
+        ctx = _cv_request.get()
+        matched.append(type(ctx.url_adapter).__name__)
+
+    async with served(app, executor) as (client, _, native):
+        assert (await client.get("/item/4")).text == "item 4"
+        assert (await client.get("/hi/%C3%BC")).text == "hi \u00fc "
+        assert (await client.get("/sync")).text.startswith("sync ")
+        assert (await client.get("/nowhere")).status_code == 404
+    assert matched[:3] == ["MatchedAdapter"] * 3
+    assert native == []
+
+
+def test_matched_adapter_answers_once_then_matches() -> None:
+    app = basic_app()
+    bound = app.url_map.bind("localhost", path_info="/item/7")
+    rule = next(r for r in app.url_map.iter_rules() if r.endpoint == "item")
+    adapter = MatchedAdapter(
+        bound.map,
+        bound.server_name,
+        bound.script_name,
+        bound.subdomain,
+        bound.url_scheme,
+        bound.path_info,
+        bound.default_method,
+        bound.query_args,
+    )
+    adapter._found = (rule, {"n": 7})
+    # The first plain call is the router's answer (Flask's match_request).
+    assert adapter.match(return_rule=True) == (rule, {"n": 7})
+    # Afterwards, and with arguments, it matches like any adapter.
+    assert adapter.match(return_rule=True)[1] == {"n": 7}
+    assert adapter.match("/item/8") == ("item", {"n": 8})
+    assert bound.match() == ("item", {"n": 7})
+
+
+def test_an_app_without_the_routers_mark_binds_as_flask_does() -> None:
+    """The class-level hook changes nothing for an environ the adapter did
+    not mark: a plain test client of another app binds and matches itself."""
+    install_prebound_hook()
+    app = basic_app()
+    with app.test_client() as client:
+        assert client.get("/item/3").text == "item 3"
+        assert client.get("/nowhere").status_code == 404

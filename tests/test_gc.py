@@ -37,18 +37,19 @@ def test_async_requests_leave_no_cycles_and_gc_is_tuned(gunicorn):
     assert state["garbage"] < 30, state
 
 
-def test_sync_requests_leave_only_werkzeugs_matcher_closure(gunicorn):
-    """Flask matches sync requests with Werkzeug's StateMachineMatcher, whose
-    recursive closure is a cycle per match (8 objects); nothing else of the
-    request may be left."""
+def test_sync_requests_leave_no_cycles_either(gunicorn):
+    """Sync views run through Flask's own wsgi_app, which matches the URL
+    again with Werkzeug's StateMachineMatcher, whose recursive closure is a
+    cycle per match (8 objects).  In an app the adapter routes (one with
+    async views, like this one) Flask takes the router's match instead, so
+    that cycle is gone as well."""
     server = gunicorn("gc_app:app", "-c", str(APPS / "gc_conf.py"))
     with httpx.Client(base_url=server.url, timeout=10) as client:
         gc_state(client)
         for _ in range(300):
             assert client.get("/sync").text == "sync"
         state = gc_state(client)
-    assert 8 * 300 <= state["garbage"] < 8 * 300 + 30, state
-    assert set(state["kinds"]) <= {"cell", "tuple", "function", "set"}, state
+    assert state["garbage"] < 30, state
 
 
 def test_an_app_that_sets_its_own_threshold_keeps_it(gunicorn, tmp_path):

@@ -53,7 +53,7 @@ from .body import RequestBody
 from .bridge import SERVING, LoopBinding, install_class_bridge, make_async_to_sync
 from .dispatch import NativeDispatch, customised, is_async_iterable
 from .extension import STREAMS_KEY, close_streams
-from .routing import Router
+from .routing import PREBOUND_KEY, Router, install_prebound_hook
 from .views import endpoint_is_async, maybe_async
 
 log = logging.getLogger("flask_async_worker")
@@ -135,6 +135,8 @@ class FlaskAdapter:
         )
         self.router = Router(app)
         self.prebound = prebound_context_supported(app)
+        if self.prebound:
+            install_prebound_hook()
         self._kinds: dict[tuple[str, str], bool] = {}
         self._views_seen = -1
         self._any_async = False
@@ -207,6 +209,14 @@ class FlaskAdapter:
         environ = self.wsgi.environ(scope)
         route = self.router.match(environ)
         if route is None or not self._is_async(route[0], environ["REQUEST_METHOD"]):
+            if (
+                route is not None
+                and self.prebound
+                and not _REPLACED.intersection(self.flask_app.__dict__)
+            ):
+                adapter = self.router.url_adapter(environ, route)
+                if adapter is not None:
+                    environ[PREBOUND_KEY] = adapter
             await self.wsgi.serve(environ, scope, receive, send)
             return
         ctx = self._request_context(environ)

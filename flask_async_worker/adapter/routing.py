@@ -1,9 +1,10 @@
 """Routing a request before choosing its path, at the lowest cost.
 
 The adapter must know a request's endpoint before any user code runs, to
-pick the native path or the thread path.  For a request that then takes the
-thread path, Flask's own ``wsgi_app`` matches the URL again in the pool, so
-the first match is pure overhead on the loop.  It is kept small:
+pick the native path or the thread path.  A request that then takes the
+thread path hands its match on to Flask's own ``wsgi_app`` (through
+:class:`MatchedAdapter` and the class-level ``create_url_adapter`` hook), so
+Flask does not bind and match again; the match itself is kept small:
 
 * no ``Request`` or ``RequestContext`` is built: the URL map is bound to
   the environ directly, with the arguments ``Flask.create_url_adapter``
@@ -82,16 +83,20 @@ class Router:
             _bounded_put(self.cache, key, (found[0], dict(found[1])), self.size)
         return found
 
-    def url_adapter(self, environ: dict[str, Any]) -> MapAdapter | None:
+    def url_adapter(
+        self, environ: dict[str, Any], found: Match | None = None
+    ) -> MapAdapter | None:
         """A map adapter for ``environ`` equal to what ``bind_to_environ``
         would make, from the one bound for its place by :meth:`match`
-        (None if there is none: the caller binds afresh)."""
+        (None if there is none: the caller binds afresh); holding ``found``,
+        the match already made, when given."""
         if not self.cacheable or "HTTP_UPGRADE" in environ:
             return None
         bound = self.adapters.get(_place(environ))
         if bound is None:
             return None
-        return MapAdapter(
+        cls = MapAdapter if found is None else MatchedAdapter
+        adapter = cls(
             bound.map,
             bound.server_name,
             bound.script_name,
@@ -101,6 +106,9 @@ class Router:
             environ["REQUEST_METHOD"],
             _wsgi_text(environ.get("QUERY_STRING", "")),
         )
+        if found is not None:
+            adapter._found = found  # type: ignore[attr-defined]
+        return adapter
 
     def _check_signature(self) -> None:
         """Forget every decision when the map or a routing setting changed."""
@@ -210,3 +218,74 @@ def _bounded_put(cache: dict[Any, Any], key: Any, value: Any, size: int) -> None
     if len(cache) >= size:
         del cache[next(iter(cache))]  # the oldest
     cache[key] = value
+
+
+class MatchedAdapter(MapAdapter):
+    """A map adapter that already holds its request's match.
+
+    The router matched the request to choose between the loop and the pool.
+    Flask's ``RequestContext.match_request`` then asks the adapter once more
+    (``match(return_rule=True)``, nothing else given): that first plain call
+    gets the router's answer instead of a second walk of the URL map.  Any
+    other call, and any later one, matches as usual.
+    """
+
+    _found: Match | None = None
+
+    def match(
+        self,
+        path_info: str | None = None,
+        method: str | None = None,
+        return_rule: bool = False,
+        query_args: Any = None,
+        websocket: bool | None = None,
+    ) -> Any:
+        found = self._found
+        if (
+            found is not None
+            and path_info is None
+            and method is None
+            and query_args is None
+            and websocket is None
+        ):
+            self._found = None
+            rule, args = found
+            return (rule, args) if return_rule else (rule.endpoint, args)
+        return super().match(  # type: ignore[call-overload]
+            path_info, method, return_rule, query_args, websocket
+        )
+
+
+#: The environ key that hands Flask the router's adapter for one request.
+PREBOUND_KEY = "flask_async_worker.url_adapter"
+_flask_create_url_adapter: Any = None
+
+
+def _create_url_adapter(self: Flask, request: Any) -> MapAdapter | None:
+    """``Flask.create_url_adapter``, taking the router's binding and match
+    for a request the adapter sends down the thread path."""
+    if request is not None:
+        adapter = request.environ.pop(PREBOUND_KEY, None)
+        if adapter is not None and adapter.map is self.url_map:
+            # What Flask.create_url_adapter does to the request besides binding.
+            trusted = self.config["TRUSTED_HOSTS"]
+            if trusted is not None:
+                request.trusted_hosts = trusted
+            request.host = get_host(request.environ, request.trusted_hosts)
+            return adapter  # type: ignore[no-any-return]
+    return _flask_create_url_adapter(self, request)  # type: ignore[no-any-return]
+
+
+def install_prebound_hook() -> None:
+    """Let Flask's own ``wsgi_app`` reuse the match the router made.
+
+    Installed on the class, once per process, like the ``async_to_sync``
+    bridge: Flask's ``wsgi_app`` runs unchanged and binds through
+    ``create_url_adapter``, which returns the router's adapter only for an
+    environ the adapter marked (an app of the same URL map); everything else
+    goes to the method as it was.
+    """
+    global _flask_create_url_adapter
+    if _flask_create_url_adapter is None:
+        _flask_create_url_adapter = Flask.create_url_adapter
+        Flask.create_url_adapter = _create_url_adapter  # type: ignore[method-assign]
