@@ -833,6 +833,7 @@ class RequestCycle:
         "response_headers",
         "response_started",
         "scope",
+        "sends_body",
         "start",
         "status",
         "task",
@@ -886,6 +887,7 @@ class RequestCycle:
         self.response_started = False
         self.response_complete = False
         self.wrote_head = False
+        self.sends_body = False
         self.status = 0
         self.response_headers: Headers = []
         self.response_has_length = False
@@ -1123,15 +1125,23 @@ class RequestCycle:
         if self.request.http_version != "1.0":
             self.conn.transport.write(self.conn.driver.send_informational(status, headers))
 
+    def _prepare_head(self, body: bytes, more: bool) -> None:
+        """What both HTTP versions decide when the head goes out: whether a
+        body may follow, the Content-Length of a whole body, and Date."""
+        status = self.status
+        self.sends_body = self.request.method != b"HEAD" and status not in _NO_BODY_STATUS
+        if not self.response_has_length and not more and status not in _NO_BODY_STATUS:
+            self.response_headers.append((b"content-length", b"%d" % len(body)))
+        if not self.response_has_date:
+            self.response_headers.append((b"date", self.conn.server.date))
+        self.wrote_head = True
+
     def _write_head_and(self, body: bytes, more: bool) -> None:
         conn = self.conn
         driver = conn.driver
         server = conn.server
         headers = self.response_headers
         status = self.status
-        no_body = self.request.method == b"HEAD" or status in _NO_BODY_STATUS
-        if not self.response_has_length and not more and status not in _NO_BODY_STATUS:
-            headers.append((b"content-length", b"%d" % len(body)))
         keep = (
             self.keep_alive
             and server.alive
@@ -1142,16 +1152,14 @@ class RequestCycle:
         if not keep:
             self.keep_alive = False
             headers.append((b"connection", b"close"))
-        if not self.response_has_date:
-            headers.append((b"date", server.date))
-        self.wrote_head = True
+        self._prepare_head(body, more)
         try:
             data = driver.send_response(status, headers, _REASONS.get(status, b""))
         except ValueError as exc:
             # Caught by _check_response_headers for the usual cases; h11's
             # framing checks (e.g. a bad Content-Length) land here.
             raise RuntimeError(f"invalid response: {exc}") from None
-        if body and not no_body:
+        if body and self.sends_body:
             data += driver.send_body(body)
             self.bytes_sent += len(body)
         if not more:
@@ -1163,7 +1171,7 @@ class RequestCycle:
     def _write_body(self, body: bytes, more: bool) -> None:
         driver = self.conn.driver
         data = b""
-        if body and self.request.method != b"HEAD" and self.status not in _NO_BODY_STATUS:
+        if body and self.sends_body:
             data = driver.send_body(body)
             self.bytes_sent += len(body)
         if not more:

@@ -37,7 +37,6 @@ from .protocols.http2 import (
     WindowOpened,
 )
 from .server import (
-    _NO_BODY_STATUS,
     DRAIN,
     HEAD,
     KEEPALIVE,
@@ -424,39 +423,35 @@ class H2Stream(RequestCycle):
 
     def _write_head_and(self, body: bytes, more: bool) -> None:
         session = self.session
-        headers = self.response_headers
-        status = self.status
-        no_body = self.request.method == b"HEAD" or status in _NO_BODY_STATUS
-        if not self.response_has_length and not more and status not in _NO_BODY_STATUS:
-            headers.append((b"content-length", b"%d" % len(body)))
-        if not self.response_has_date:
-            headers.append((b"date", self.conn.server.date))
-        self.wrote_head = True
-        end = not more and (no_body or not body)
-        if not session.driver.send_headers(self.stream_id, status, headers, end_stream=end):
+        self._prepare_head(body, more)
+        end = not more and (not self.sends_body or not body)
+        if not session.driver.send_headers(
+            self.stream_id, self.status, self.response_headers, end_stream=end
+        ):
             session.forget(self)
             self.on_disconnect()
             return
         if end:
-            self.out_end = True
-            self.response_complete = True
-            self._wake()
+            self._app_done()
             session.flush_soon()
             self.finish()
             return
         self._write_body(body, more)
 
     def _write_body(self, body: bytes, more: bool) -> None:
-        if body and self.request.method != b"HEAD" and self.status not in _NO_BODY_STATUS:
+        if body and self.sends_body:
             self.outbox += body
             self.bytes_sent += len(body)
         if not more:
-            # Complete for the app (receive() says disconnect, returning is
-            # fine) even while the tail waits for the client's window.
-            self.out_end = True
-            self.response_complete = True
-            self._wake()
+            self._app_done()
         self.session.pump(self)
+
+    def _app_done(self) -> None:
+        # Complete for the app (receive() says disconnect, returning is
+        # fine) even while the tail waits for the client's window.
+        self.out_end = True
+        self.response_complete = True
+        self._wake()
 
     def finish(self) -> None:
         self.finished = True

@@ -136,6 +136,12 @@ class Gunicorn:
                 pass
         return self.proc.returncode
 
+    def close(self) -> None:
+        """Stop the arbiter (SIGTERM, then SIGKILL) and remove its log."""
+        self.stop()
+        self.kill()
+        self.log_path.unlink(missing_ok=True)
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             try:
@@ -171,9 +177,7 @@ def gunicorn() -> Iterator[type[Gunicorn]]:
 
     yield Started
     for server in started:
-        server.stop()
-        server.kill()
-        server.log_path.unlink(missing_ok=True)
+        server.close()
 
 
 def raw_request(
@@ -195,6 +199,21 @@ def raw_request(
             if not read_until_close:
                 break
         return b"".join(chunks)
+
+
+def closed_after(sock: socket.socket, limit: float) -> tuple[float, bytes]:
+    """Block until the server closes ``sock``: (seconds, bytes it sent)."""
+    start = time.monotonic()
+    sock.settimeout(limit)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        raise AssertionError(f"not closed within {limit}s; got {data!r}") from None
+    return time.monotonic() - start, data
 
 
 def status_of(response: bytes) -> int:

@@ -42,9 +42,7 @@ def start(
             server.wait_for_log(rf"HTTP/1\.1 parser: {parser}\b")
         yield server
     finally:
-        server.stop()
-        server.kill()
-        server.log_path.unlink(missing_ok=True)
+        server.close()
 
 
 @pytest.fixture(scope="module")

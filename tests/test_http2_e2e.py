@@ -77,9 +77,14 @@ def servers(
         yield started
     finally:
         for server in started.values():
-            server.stop()
-            server.kill()
-            server.log_path.unlink(missing_ok=True)
+            server.close()
+
+
+def h2load(*args: str, timeout: float = 60) -> str:
+    """Run h2load (installed by make system-deps); its report."""
+    path = shutil.which("h2load")
+    assert path, "h2load (nghttp2-client) is installed by make system-deps"
+    return subprocess.run([path, *args], capture_output=True, text=True, timeout=timeout).stdout
 
 
 def client_context(ca: Path) -> ssl.SSLContext:
@@ -245,19 +250,12 @@ def test_parallel_uploads_and_downloads_on_one_connection(servers, tmp_path):
 
     for response in asyncio.run(downloads()):
         assert response.content == CHUNK * 64
-    h2load = shutil.which("h2load")
-    assert h2load, "h2load (nghttp2-client) is installed by make system-deps"
     blob = tmp_path / "upload.bin"
     blob.write_bytes(os.urandom(2 * 1024 * 1024))
     for path in ("/echo", "/echo-sync"):
-        result = subprocess.run(
-            [h2load, "-c", "1", "-m", "8", "-n", "24", "-d", str(blob), server.url + path],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert "24 succeeded, 0 failed, 0 errored" in result.stdout, result.stdout
-        assert "24 2xx" in result.stdout, result.stdout
+        report = h2load("-c", "1", "-m", "8", "-n", "24", "-d", str(blob), server.url + path)
+        assert "24 succeeded, 0 failed, 0 errored" in report, report
+        assert "24 2xx" in report, report
 
 
 def test_errors_head_and_no_body_statuses(servers):
@@ -306,15 +304,8 @@ def test_access_log_says_http2(servers):
 
 
 def test_h2load_many_streams(servers):
-    h2load = shutil.which("h2load")
-    assert h2load, "h2load (nghttp2-client) is installed by make system-deps"
-    result = subprocess.run(
-        [h2load, "-c", "4", "-m", "16", "-n", "4000", f"{servers['prior'].url}/ahello"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert "4000 succeeded, 0 failed, 0 errored" in result.stdout, result.stdout
+    report = h2load("-c", "4", "-m", "16", "-n", "4000", f"{servers['prior'].url}/ahello")
+    assert "4000 succeeded, 0 failed, 0 errored" in report, report
 
 
 def test_sigterm_finishes_streams_in_flight(gunicorn):
@@ -352,17 +343,10 @@ def test_max_requests_retires_the_worker_between_http2_connections(gunicorn):
         "--http2-cleartext",
         "prior-knowledge",
     )
-    h2load = shutil.which("h2load")
-    assert h2load
     for _ in range(6):
         # Five requests per connection: every tenth ends a connection.
-        result = subprocess.run(
-            [h2load, "-c", "1", "-m", "1", "-n", "5", f"{server.url}/ahello"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert "5 succeeded, 0 failed, 0 errored" in result.stdout, result.stdout
+        report = h2load("-c", "1", "-m", "1", "-n", "5", f"{server.url}/ahello", timeout=30)
+        assert "5 succeeded, 0 failed, 0 errored" in report, report
     server.wait_for_log(r"Booting worker with pid", count=3)
     assert server.log().count("Autorestarting worker after current request.") >= 2
 

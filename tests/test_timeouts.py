@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from .conftest import Gunicorn, status_of
+from .conftest import Gunicorn, closed_after, status_of
 from .test_http11_e2e import assert_alive, events, read_response, start, worker_pid
 
 TIMEOUT = 1.0  # header, body and send timeouts, and keep-alive
@@ -82,21 +82,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float) -> float:
         assert time.monotonic() - start < timeout, "condition not met in time"
         time.sleep(0.02)
     return time.monotonic() - start
-
-
-def closed_after(sock: socket.socket, limit: float) -> tuple[float, bytes]:
-    """Block until the server closes ``sock``: (seconds, bytes it sent)."""
-    start = time.monotonic()
-    sock.settimeout(limit)
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except ConnectionResetError:
-        pass
-    except TimeoutError:
-        raise AssertionError(f"not closed within {limit}s; got {data!r}") from None
-    return time.monotonic() - start, data
 
 
 # -- request head ------------------------------------------------------------------

@@ -29,14 +29,8 @@ __all__ = ["H11Driver", "Limits"]
 
 
 class H11Driver:
-    """One HTTP/1.1 connection's protocol state.
-
-    Bytes go in through :meth:`receive_data`; :meth:`next_event` yields
-    :class:`Request`, :class:`Body` and :class:`EndOfBody` events and
-    returns ``None`` when it needs more bytes or while a response is pending
-    (pipelined requests wait their turn).  Response bytes come back from the
-    ``send_*`` methods for the caller to write.
-    """
+    """One HTTP/1.1 connection's protocol state on h11 (the
+    :class:`~.http11_rules.HTTP11Driver` surface; the pure-Python fallback)."""
 
     __slots__ = (
         "_conn",

@@ -103,7 +103,14 @@ class Limits:
 
 class HTTP11Driver(Protocol):
     """What the server needs of an HTTP/1.1 driver (the h11 and httptools
-    drivers both provide it), so ``server.py`` depends on no parser."""
+    drivers both provide it), so ``server.py`` depends on no parser.
+
+    Bytes go in through :meth:`receive_data`; :meth:`next_event` yields
+    :class:`Request`, :class:`Body` and :class:`EndOfBody` events and
+    returns ``None`` when it needs more bytes or while a response is pending
+    (pipelined requests wait their turn).  Response bytes come back from the
+    ``send_*`` methods for the caller to write.
+    """
 
     eof: bool
 

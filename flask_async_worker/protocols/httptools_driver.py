@@ -116,14 +116,8 @@ class _Fields:
 
 
 class HttptoolsDriver:
-    """One HTTP/1.1 connection's protocol state, parsed with llhttp.
-
-    Bytes go in through :meth:`receive_data`; :meth:`next_event` yields
-    :class:`Request`, :class:`Body` and :class:`EndOfBody` events and
-    returns ``None`` when it needs more bytes or while a response is pending
-    (pipelined requests wait their turn).  Response bytes come back from the
-    ``send_*`` methods for the caller to write.
-    """
+    """One HTTP/1.1 connection's protocol state, parsed with llhttp (the
+    :class:`~.http11_rules.HTTP11Driver` surface)."""
 
     __slots__ = (
         "_buf",
