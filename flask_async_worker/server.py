@@ -35,10 +35,13 @@ from .protocols.http2 import PREFACE
 from .protocols.http11 import H11Driver
 from .protocols.http11_rules import HTTP11Driver, Limits
 from .protocols.proxy import ProxyInfo, parse_proxy_header
+from .protocols.websocket import is_upgrade as is_websocket_upgrade
+from .protocols.websocket import parse_handshake
 from .settings import Settings
 
 if TYPE_CHECKING:
     from .server_h2 import H2Session
+    from .server_ws import WebSocketCycle
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -53,6 +56,9 @@ KEEPALIVE = 2  # idle between requests
 BODY = 3  # the app waits for request body bytes
 SEND = 4  # the app waits for the client to read
 DRAIN = 5  # idle during a graceful stop
+PING = 6  # a WebSocket silent for a while: ping it
+PONG_DUE = 7  # a WebSocket was pinged: the pong is due
+CLOSING = 8  # a WebSocket close frame was sent: the reply is due
 
 # RFC 9110 section 5.1/5.5: a field name is a token; a value holds no CR,
 # LF or NUL.  Checked on what the application sends, so a header injection
@@ -335,6 +341,7 @@ class HTTPConnection(asyncio.Protocol):
         "transport",
         "trusted",
         "write_paused",
+        "ws",
     )
 
     def __init__(self, server: Server) -> None:
@@ -357,6 +364,8 @@ class HTTPConnection(asyncio.Protocol):
         # HTTP/2 with prior knowledge.
         self._sniff: bytearray | None = None
         self.h2: H2Session | None = None
+        # Set once a WebSocket handshake was accepted.
+        self.ws: WebSocketCycle | None = None
         self.proxy_info: ProxyInfo | None = None
         self.proxy_denied = False
         self.client: tuple[str, int] | None = None
@@ -405,6 +414,9 @@ class HTTPConnection(asyncio.Protocol):
             self.begin_drain(self.loop.time() + self.settings.extra.drain_window)
 
     def data_received(self, data: bytes) -> None:
+        if self.ws is not None:
+            self.ws.data_received(data)
+            return
         if self._lingering >= 0:
             self._lingering += len(data)
             if self._lingering > self.settings.extra.body_buffer * 4:
@@ -451,7 +463,7 @@ class HTTPConnection(asyncio.Protocol):
                 self.pause_reading()
 
     def eof_received(self) -> bool | None:
-        if self._lingering >= 0 or self.h2 is not None:
+        if self._lingering >= 0 or self.h2 is not None or self.ws is not None:
             return None
         self.driver.receive_data(b"")
         if self.cycle is not None:
@@ -498,6 +510,8 @@ class HTTPConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.ws is not None:
+            self.ws.writable()
         h2 = self.h2
         if h2 is not None:
             self.clear_deadline(SEND)
@@ -552,6 +566,8 @@ class HTTPConnection(asyncio.Protocol):
         log = self.server.log
         if self.h2 is not None and kind != SEND:
             self.h2.on_deadline(kind)
+        elif self.ws is not None and kind != SEND:
+            self.ws.on_deadline(kind)
         elif kind == HEAD:
             if self.driver.head_started or self._proxy_buf or self._sniff:
                 log.warning(
@@ -641,19 +657,42 @@ class HTTPConnection(asyncio.Protocol):
             # body for a whole one.
             cycle.on_disconnect()
             if not cycle.response_started:
-                self.transport.write(error_response(exc.status))
+                self.transport.write(error_response(exc.status, headers=exc.headers))
         else:
-            self.transport.write(error_response(exc.status))
+            self.transport.write(error_response(exc.status, headers=exc.headers))
         self.transport.close()
 
     def start_request(self, request: Request) -> None:
         self.deadline_kind = NO_DEADLINE
         self._pipelined = 0
-        if self.settings.h2_upgrade and self.trusted and self._try_upgrade(request):
-            return
+        if request.upgrade:
+            if self.settings.h2_upgrade and self.trusted and self._try_upgrade(request):
+                return
+            if is_websocket_upgrade(request):
+                self._start_websocket(request)
+                return
         cycle = RequestCycle(self, request)
         self.cycle = cycle
         self.server.launch(cycle)
+
+    def _start_websocket(self, request: Request) -> None:
+        from .server_ws import WebSocketCycle  # builds on this module's classes
+
+        handshake = parse_handshake(request)  # a ProtocolError is answered by process()
+        cycle = WebSocketCycle(self, request, handshake)
+        self.cycle = cycle
+        self.server.launch(cycle)
+
+    def switch_to_websocket(self, cycle: WebSocketCycle) -> None:
+        """The 101 is written: from now on the bytes are WebSocket frames."""
+        self.ws = cycle
+        self.deadline_kind = NO_DEADLINE
+        self._pipelined = 0
+        early = self.driver.take_buffered()
+        if early:
+            cycle.data_received(early)
+        if not self.read_paused or cycle.may_read():
+            self.resume_reading()
 
     def response_done(self, cycle: RequestCycle) -> None:
         """The response was written in full; start on the next request."""
@@ -693,6 +732,8 @@ class HTTPConnection(asyncio.Protocol):
         which a request already sent is still answered (with close)."""
         if self.h2 is not None:
             self.h2.begin_drain()
+        elif self.ws is not None:
+            self.ws.begin_drain()
         elif self.cycle is None and not self.driver.head_started:
             self.deadline = deadline
             self.deadline_kind = DRAIN
@@ -963,17 +1004,7 @@ class RequestCycle:
         except Exception as exc:
             self._fail(exc)
         else:
-            if not self.response_complete and not self.disconnected:
-                if not self.response_started:
-                    server.log.error(
-                        "ASGI app returned without sending a response: %s", self._describe()
-                    )
-                    self._send_500()
-                else:
-                    server.log.error(
-                        "ASGI app returned before finishing its response: %s", self._describe()
-                    )
-                    self._abandon()
+            self._app_returned()
         finally:
             task = self.task
             if task is not None:
@@ -989,6 +1020,16 @@ class RequestCycle:
             self.scope["extensions"]["flask_async_worker"]["on_disconnect"] = None
             if self.disconnected:
                 self._info = None  # never reported: the response did not finish
+
+    def _app_returned(self) -> None:
+        if not self.response_complete and not self.disconnected:
+            log = self.conn.server.log
+            if not self.response_started:
+                log.error("ASGI app returned without sending a response: %s", self._describe())
+                self._send_500()
+            else:
+                log.error("ASGI app returned before finishing its response: %s", self._describe())
+                self._abandon()
 
     def _abandon(self) -> None:
         """A response cut short: the client must not take it for whole."""
@@ -1269,7 +1310,7 @@ class RequestInfo:
         request = cycle.request
         scope = cycle.scope
         self.cycle = cycle
-        self.method = scope["method"]
+        self.method = request.method.decode("ascii")
         self.uri = request.target.decode("latin-1")
         self.path = request.path.decode("latin-1")
         self.query = request.query.decode("latin-1")

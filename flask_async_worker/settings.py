@@ -75,9 +75,24 @@ class Extra:
     #: HTTP/2 control frames (PING, SETTINGS, PRIORITY, empty DATA) a client
     #: may send per second before the connection is closed.
     h2_max_control_frames: int = 1000
+    #: Largest WebSocket message (bytes, after decompression) a client may
+    #: send; a larger one closes the connection with 1009.
+    ws_max_message_size: int = 16 * 1024 * 1024
+    #: Seconds a WebSocket may stay silent before the server pings it
+    #: (0: never), and how long the pong may take before the connection is
+    #: taken for dead and closed.
+    ws_ping_interval: float = 20.0
+    ws_ping_timeout: float = 20.0
+    #: Seconds the server waits for the client's answer to its close frame.
+    ws_close_timeout: float = 5.0
+    #: Accept permessage-deflate (1) or not (0).  Inflation is bounded by
+    #: ws_max_message_size either way.
+    ws_per_message_deflate: int = 1
 
     # The text settings and the values each accepts.
     _CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"http_parser": HTTP_PARSERS}
+    # Settings for which 0 means "off".
+    _ZERO_OK: ClassVar[frozenset[str]] = frozenset(("ws_ping_interval", "ws_per_message_deflate"))
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Extra:
@@ -99,7 +114,7 @@ class Extra:
                 value = kind(raw)
             except ValueError:
                 raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a number") from None
-            if value <= 0:
+            if value < 0 or (value == 0 and f.name not in cls._ZERO_OK):
                 raise ValueError(f"{ENV_PREFIX}{f.name.upper()} must be positive")
             values[f.name] = value
         return cls(**values)

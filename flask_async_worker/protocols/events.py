@@ -31,6 +31,7 @@ class Request:
         "path",
         "query",
         "target",
+        "upgrade",
     )
 
     def __init__(
@@ -46,6 +47,7 @@ class Request:
         keep_alive: bool,
         expect_continue: bool,
         has_body: bool,
+        upgrade: bool = False,
     ) -> None:
         self.method = method
         self.target = target
@@ -57,6 +59,8 @@ class Request:
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
         self.has_body = has_body
+        #: Connection lists "upgrade": the request may ask to switch protocols.
+        self.upgrade = upgrade
 
     def __repr__(self) -> str:
         return f"<Request {self.method!r} {self.target!r} HTTP/{self.http_version}>"

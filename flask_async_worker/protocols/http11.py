@@ -158,6 +158,11 @@ class H11Driver:
         """Bytes received but not yet turned into events."""
         return len(self._conn.trailing_data[0])
 
+    def take_buffered(self) -> bytes:
+        """The bytes after the last head, for the protocol the connection
+        switches to; the driver is not used again."""
+        return bytes(self._conn.trailing_data[0])
+
     # -- output --------------------------------------------------------------
 
     def send_informational(self, status: int, headers: Headers) -> bytes:

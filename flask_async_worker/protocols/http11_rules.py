@@ -131,6 +131,7 @@ class HTTP11Driver(Protocol):
     def waiting_for_continue(self) -> bool: ...
     @property
     def buffered(self) -> int: ...
+    def take_buffered(self) -> bytes: ...
     @property
     def response_will_close(self) -> bool: ...
 
@@ -263,6 +264,7 @@ def build_request(
     expect_continue = False
     content_type_seen = False
     close = version != b"1.1"
+    upgrade = False
     length = 0
     field_error: ProtocolError | None = None
     special = _SPECIAL_FIELDS.get
@@ -283,7 +285,9 @@ def build_request(
                 field_error = field_error or ProtocolError("more than one Content-Type")
             content_type_seen = True
         elif kind == _CONNECTION:
-            close = close or b"close" in [t.strip(b" \t").lower() for t in value.split(b",")]
+            tokens = [t.strip(b" \t").lower() for t in value.split(b",")]
+            close = close or b"close" in tokens
+            upgrade = upgrade or b"upgrade" in tokens
         elif kind == _TRANSFER_ENCODING_FIELD:
             length = -1
         else:
@@ -348,5 +352,6 @@ def build_request(
         keep_alive=not close and not closing,
         expect_continue=expect_continue and has_body,
         has_body=has_body,
+        upgrade=upgrade,
     )
     return request, length

@@ -379,6 +379,13 @@ class HttptoolsDriver:
         """Bytes received but not yet turned into events."""
         return len(self._buf)
 
+    def take_buffered(self) -> bytes:
+        """The bytes after the last head, for the protocol the connection
+        switches to; the driver is not used again."""
+        data = bytes(self._buf)
+        self._buf = b""
+        return data
+
     # -- output --------------------------------------------------------------
 
     def send_informational(self, status: int, headers: Headers) -> bytes:

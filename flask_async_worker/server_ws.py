@@ -1,0 +1,348 @@
+"""WebSocket connections: the ASGI ``websocket`` scope over an HTTP/1.1
+connection whose handshake the application accepted.
+
+A :class:`WebSocketCycle` starts as any request does (``server.py`` sees
+the upgrade and checks the handshake); it is a :class:`RequestCycle`, so the
+scope, gunicorn's hooks, the access log and the error handling are shared.
+Until the application sends ``websocket.accept`` nothing is written; a
+refusal is an HTTP response (``websocket.close`` before accepting is a 403,
+``websocket.http.response.*`` any response the app builds).  After the 101
+the connection feeds its bytes here.
+
+Every wait is bounded: received messages queue up to the body buffer
+before reading pauses, a send waits for a client that reads (the send
+timeout), a silent peer is pinged and dropped when the pong does not come,
+and the close handshake has its own timeout.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from .protocols.events import Request
+from .protocols.websocket import (
+    PONG,
+    Closed,
+    Handshake,
+    WSDriver,
+    accept_response,
+    negotiate_deflate,
+)
+from .server import (
+    CLOSING,
+    NO_DEADLINE,
+    PING,
+    PONG_DUE,
+    SEND,
+    ClientDisconnected,
+    HTTPConnection,
+    Message,
+    RequestCycle,
+    _check_response_headers,
+)
+
+CONNECTING = 0  # the app has not answered the handshake yet
+OPEN = 1
+CLOSE_SENT = 2  # this side sent its close frame; the reply is due
+CLOSED = 3
+DENIED = 4  # the app answered with an HTTP response
+
+#: Headers the handshake answer sets itself; an application's are dropped.
+_OWN_HEADERS = frozenset(
+    (
+        b"upgrade",
+        b"connection",
+        b"sec-websocket-accept",
+        b"sec-websocket-protocol",
+        b"sec-websocket-extensions",
+        b"content-length",
+        b"transfer-encoding",
+    )
+)
+
+
+class WebSocketCycle(RequestCycle):
+    """ASGI ``receive``/``send`` for one WebSocket."""
+
+    __slots__ = (
+        "closed_info",
+        "connect_sent",
+        "handshake",
+        "inbox",
+        "inbox_size",
+        "messages_in",
+        "state",
+        "ws",
+    )
+
+    def __init__(self, conn: HTTPConnection, request: Request, handshake: Handshake) -> None:
+        super().__init__(conn, request)
+        scope = self.scope
+        scope["type"] = "websocket"
+        scope["scheme"] = "wss" if scope["scheme"] == "https" else "ws"
+        del scope["method"]
+        scope["subprotocols"] = handshake.subprotocols
+        extensions = scope["extensions"]
+        del extensions["http.response.informational"]
+        extensions["websocket.http.response"] = {}
+        self.handshake = handshake
+        self.ws: WSDriver | None = None
+        self.state = CONNECTING
+        self.inbox: deque[str | bytes] = deque()
+        self.inbox_size = 0
+        self.messages_in = 0
+        self.connect_sent = False
+        self.closed_info: Closed | None = None
+
+    # -- ASGI ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        finally:
+            if self.status == 101:
+                # An accepted WebSocket is one request, logged when it ends
+                # (a refused one was logged with its response).
+                self.conn.server.request_finished(self)
+
+    def _app_returned(self) -> None:
+        state = self.state
+        if state == OPEN:
+            self._close(1000, "")
+        elif state == CONNECTING and not self.disconnected:
+            # ASGI: an app that returns without accepting refuses with 403.
+            self._send_status(403)
+        elif state == DENIED:
+            super()._app_returned()
+
+    def _fail(self, exc: BaseException | None) -> None:
+        if self.state in (CONNECTING, DENIED):
+            super()._fail(exc)
+            return
+        if exc is not None:
+            self.conn.server.log.error("Error in WebSocket %s", self._describe(), exc_info=exc)
+        if self.state == OPEN:
+            self._close(1011, "internal error")
+
+    def _describe(self) -> str:
+        return f"WebSocket {self.request.target.decode('latin-1')}"
+
+    async def receive(self) -> Message:
+        if not self.connect_sent:
+            self.connect_sent = True
+            return {"type": "websocket.connect"}
+        while True:
+            inbox = self.inbox
+            if inbox:
+                data = inbox.popleft()
+                self.inbox_size -= len(data)
+                conn = self.conn
+                if conn.read_paused and self.may_read():
+                    conn.resume_reading()
+                if type(data) is str:
+                    return {"type": "websocket.receive", "text": data}
+                return {"type": "websocket.receive", "bytes": data}
+            closed = self.closed_info
+            if closed is not None:
+                code, reason = closed.code, closed.reason
+                return {"type": "websocket.disconnect", "code": code, "reason": reason}
+            if self.disconnected:
+                return {"type": "websocket.disconnect", "code": 1006, "reason": ""}
+            await self._wait()
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        state = self.state
+        if kind == "websocket.send":
+            if state != OPEN:
+                if state == CONNECTING:
+                    raise RuntimeError("websocket.send before websocket.accept")
+                raise ClientDisconnected("WebSocket closed")
+            text = message.get("text")
+            payload: str | bytes
+            if text is not None:
+                if type(text) is not str:
+                    raise TypeError("websocket.send text must be str")
+                payload = text
+            else:
+                data = message.get("bytes")
+                if data is None:
+                    raise ValueError("websocket.send without text or bytes")
+                payload = bytes(data)
+            conn = self.conn
+            assert self.ws is not None
+            conn.transport.write(self.ws.send_message(payload))
+            self.bytes_sent += len(payload)
+            if conn.write_paused:
+                await conn.drain()
+                self._arm_ping()
+        elif kind == "websocket.accept":
+            if state != CONNECTING:
+                raise RuntimeError("websocket.accept after the handshake was answered")
+            if self.disconnected:
+                raise ClientDisconnected("client disconnected")
+            self._accept(message)
+        elif kind == "websocket.close":
+            if state == CONNECTING:
+                if not self.disconnected:
+                    self._send_status(403)
+            elif state == OPEN:
+                self._close(int(message.get("code") or 1000), message.get("reason") or "")
+            # Closing what is closed, or closed by a response, is a no-op.
+        elif kind == "websocket.http.response.start" or kind == "websocket.http.response.body":
+            if state not in (CONNECTING, DENIED):
+                raise RuntimeError(f"{kind} after the handshake was answered")
+            self.state = DENIED
+            self.keep_alive = False
+            await super().send({**message, "type": kind[10:]})
+        else:
+            raise ValueError(f"unexpected ASGI message {kind!r}")
+
+    # -- the handshake's answer -----------------------------------------------------
+
+    def _accept(self, message: Message) -> None:
+        conn = self.conn
+        handshake = self.handshake
+        subprotocol = message.get("subprotocol")
+        if subprotocol is not None and subprotocol not in handshake.subprotocols:
+            raise ValueError(f"subprotocol {subprotocol!r} was not offered by the client")
+        headers = [
+            (n, v)
+            for n, v in _check_response_headers(message.get("headers") or ())[0]
+            if n not in _OWN_HEADERS
+        ]
+        extra = conn.settings.extra
+        deflate = (
+            negotiate_deflate(handshake.extensions, extra.ws_max_message_size)
+            if extra.ws_per_message_deflate and handshake.extensions
+            else None
+        )
+        self.ws = WSDriver(extra.ws_max_message_size, deflate)
+        conn.transport.write(accept_response(handshake, subprotocol, deflate, headers))
+        self.status = 101
+        self.response_headers = [(b"upgrade", b"websocket"), *headers]
+        self.response_started = self.wrote_head = True
+        self.keep_alive = False
+        self.state = OPEN
+        conn.switch_to_websocket(self)
+        if self.state == OPEN:
+            self._arm_ping()
+
+    def _send_status(self, status: int) -> None:
+        """Refuse the handshake with a bodiless response."""
+        self.state = DENIED
+        self.keep_alive = False
+        self.status = status
+        self.response_headers = [(b"content-length", b"0")]
+        self.response_has_length = True
+        self.response_has_date = False
+        self.response_started = True
+        self._write_head_and(b"", more=False)
+
+    # -- frames in -------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        ws = self.ws
+        assert ws is not None
+        conn = self.conn
+        events = ws.receive_data(data)
+        if ws.output:
+            conn.transport.write(bytes(ws.output))
+            ws.output.clear()
+        for event in events:
+            kind = type(event)
+            if kind is str or kind is bytes:
+                self.inbox.append(event)
+                self.inbox_size += len(event)
+                self.messages_in += 1
+            elif event is not PONG:
+                self._peer_closed(event)
+        if self.state == OPEN:
+            if not self.may_read():
+                conn.pause_reading()
+            if conn.deadline_kind in (NO_DEADLINE, PING, PONG_DUE):
+                self._arm_ping()
+        self._wake()
+
+    def may_read(self) -> bool:
+        """Read more: the app keeps up with the messages and the client
+        with what the protocol owes it (pongs to its pings)."""
+        return (
+            self.inbox_size <= self.conn.settings.extra.body_buffer and not self.conn.write_paused
+        )
+
+    def writable(self) -> None:
+        """The client read what was queued for it."""
+        if self.state == OPEN and self.may_read():
+            self.conn.resume_reading()
+
+    def _peer_closed(self, event: Closed) -> None:
+        conn = self.conn
+        if self.closed_info is None:
+            self.closed_info = event
+        if event.fail:
+            conn.server.log.warning(
+                "WebSocket protocol error from ip=%s: %s (close %d)",
+                conn.client_ip,
+                event.reason or "-",
+                event.code,
+            )
+        # Whoever closed first, the close handshake is over (or failed):
+        # the server closes the TCP connection (RFC 6455 section 7.1.1).
+        self.state = CLOSED
+        conn.deadline_kind = NO_DEADLINE
+        conn.transport.close()
+
+    # -- frames out ------------------------------------------------------------------
+
+    def _close(self, code: int, reason: str) -> None:
+        ws = self.ws
+        assert ws is not None
+        conn = self.conn
+        self.state = CLOSE_SENT
+        if self.closed_info is None:
+            # What receive() reports if the app asks after closing.
+            self.closed_info = Closed(code, reason)
+        if conn.transport.is_closing():
+            return
+        conn.transport.write(ws.send_close(code, reason))
+        conn.set_deadline(CLOSING, conn.settings.extra.ws_close_timeout)
+        conn.resume_reading()  # the reply must be read even if the app is behind
+
+    def _arm_ping(self) -> None:
+        interval = self.conn.settings.extra.ws_ping_interval
+        if interval > 0 and self.state == OPEN:
+            self.conn.set_deadline(PING, interval)
+        elif self.conn.deadline_kind != SEND:
+            self.conn.deadline_kind = NO_DEADLINE
+
+    def on_deadline(self, kind: int) -> None:
+        conn = self.conn
+        extra = conn.settings.extra
+        if kind == PING and self.state == OPEN:
+            assert self.ws is not None
+            conn.transport.write(self.ws.send_ping(b"flask_async_worker"))
+            conn.set_deadline(PONG_DUE, extra.ws_ping_timeout)
+        elif kind == PONG_DUE:
+            conn.server.log.info(
+                "WebSocket ping timeout from ip=%s: no pong in %ss",
+                conn.client_ip,
+                extra.ws_ping_timeout,
+            )
+            self.closed_info = self.closed_info or Closed(1006, "ping timeout")
+            conn.abort()
+        elif kind == CLOSING:
+            conn.server.log.debug("WebSocket close timeout from ip=%s", conn.client_ip)
+            conn.transport.close()
+
+    def begin_drain(self) -> None:
+        """Graceful stop: tell the client the server is going away; the
+        app hears websocket.disconnect when the client answers."""
+        if self.state == OPEN:
+            self._close(1001, "server shutting down")
+
+    def on_disconnect(self) -> None:
+        if self.closed_info is None and self.state != CONNECTING:
+            self.closed_info = Closed(1006, "")
+        self.state = CLOSED if self.state != DENIED else DENIED
+        super().on_disconnect()
