@@ -14,8 +14,12 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .adapter import (
+        ConnectionClosed,
         FlaskAdapter,
         FlaskAsync,
+        Sock,
+        SyncWebSocket,
+        WebSocket,
         render_template_async,
         render_template_string_async,
         run_sync,
@@ -26,9 +30,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AsyncioWorker",
+    "ConnectionClosed",
     "FlaskAdapter",
     "FlaskAsync",
+    "Sock",
+    "SyncWebSocket",
     "UVLoopWorker",
+    "WebSocket",
     "__version__",
     "render_template_async",
     "render_template_string_async",
@@ -38,10 +46,14 @@ __all__ = [
 ]
 
 _ADAPTER_NAMES = (
+    "ConnectionClosed",
     "FlaskAdapter",
     "FlaskAsync",
     "render_template_async",
     "render_template_string_async",
+    "Sock",
+    "SyncWebSocket",
+    "WebSocket",
     "run_sync",
     "stream_template_async",
     "stream_with_context",

@@ -9,11 +9,16 @@ from .templating import (
     render_template_string_async,
     stream_template_async,
 )
+from .websocket import ConnectionClosed, Sock, SyncWebSocket, WebSocket
 
 __all__ = [
     "AdapterConfig",
+    "ConnectionClosed",
     "FlaskAdapter",
     "FlaskAsync",
+    "Sock",
+    "SyncWebSocket",
+    "WebSocket",
     "render_template_async",
     "render_template_string_async",
     "run_sync",

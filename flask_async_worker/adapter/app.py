@@ -55,6 +55,7 @@ from .dispatch import NativeDispatch, customised, is_async_iterable
 from .extension import STREAMS_KEY, close_streams
 from .routing import PREBOUND_KEY, Router, install_prebound_hook
 from .views import endpoint_is_async, maybe_async
+from .websocket import WebSocketPool, install_flask_sock_bridge, serve_websocket
 
 log = logging.getLogger("flask_async_worker")
 
@@ -84,6 +85,9 @@ class AdapterConfig:
     #: Cancel an async view when its client disconnects (True), or let it
     #: finish and discard the response (False, the WSGI behaviour).
     cancel_on_disconnect: bool = False
+    #: Threads for sync WebSocket handlers (each holds one while open):
+    #: the most sync WebSockets open at once.
+    websocket_threads: int = 100
 
     @classmethod
     def from_app(cls, app: Flask) -> AdapterConfig:
@@ -100,6 +104,9 @@ class AdapterConfig:
             ),
             cancel_on_disconnect=bool(
                 cfg.get("ASYNC_WORKER_CANCEL_ON_DISCONNECT", cls.cancel_on_disconnect)
+            ),
+            websocket_threads=int(
+                cfg.get("ASYNC_WORKER_WEBSOCKET_THREADS", cls.websocket_threads)
             ),
         )
 
@@ -141,6 +148,8 @@ class FlaskAdapter:
         self._views_seen = -1
         self._any_async = False
         self.background: set[asyncio.Task[Any]] = set()
+        self._websocket_pool: WebSocketPool | None = None
+        install_flask_sock_bridge()
         app.extensions["flask_async_worker"] = self
 
     # -- ASGI --------------------------------------------------------------------------
@@ -149,11 +158,10 @@ class FlaskAdapter:
         kind = scope["type"]
         if kind == "http":
             await self.http(scope, receive, send)
+        elif kind == "websocket":
+            await self.websocket(scope, receive, send)
         elif kind == "lifespan":
             await self.lifespan(receive, send)
-        else:
-            await receive()
-            await send({"type": "websocket.close", "code": 1003})
 
     def _bind(self) -> None:
         if self.binding.loop is None:
@@ -201,6 +209,21 @@ class FlaskAdapter:
             await self._http(scope, receive, send)
         finally:
             SERVING.reset(token)
+
+    async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.binding.loop is None:
+            self._bind()
+        token = SERVING.set(self.binding)
+        try:
+            await serve_websocket(self, scope, receive, send)
+        finally:
+            SERVING.reset(token)
+
+    def websocket_pool(self) -> WebSocketPool:
+        pool = self._websocket_pool
+        if pool is None:
+            pool = self._websocket_pool = WebSocketPool(self.config.websocket_threads)
+        return pool
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.not_native or not self._has_async_views():

@@ -1,0 +1,502 @@
+"""WebSocket routes in a Flask app: the worker's :class:`Sock`, and
+flask-sock apps unchanged.
+
+A WebSocket request goes through Flask like any request — URL map (its
+rule has ``websocket=True``), ``before_request`` hooks, the view, teardown —
+so ``request``, ``session``, ``g``, ``url_for`` and login checks work in a
+handler as in a view.  The view the route registers accepts the handshake
+and hands the handler a ``ws`` object; a hook that answers first (a 401,
+a redirect) refuses the handshake with that HTTP response.
+
+* ``async def`` handlers run on the loop as async views do (their hooks
+  too), with :class:`WebSocket`: ``await ws.receive()``, ``await ws.send()``.
+  Thousands of them cost no thread.
+* sync handlers — :class:`Sock` routes with ``def`` and every flask-sock
+  route — run with their hooks in one thread of their own pool, with
+  :class:`SyncWebSocket`, whose blocking calls wait on the loop.  A thread
+  is held for the life of the connection, so the pool's size
+  (``ASYNC_WORKER_WEBSOCKET_THREADS``) caps how many are open at once;
+  beyond it the handshake is refused with 503 rather than queued without
+  bound.
+
+flask-sock's route wrapper builds its ``ws`` with ``simple_websocket.Server``
+from the WSGI environ; under this worker ``flask_sock.Server`` is replaced
+(once, when an adapter is created after flask-sock was imported) by a
+function that returns a :class:`SyncWebSocket` for requests this adapter
+serves and calls the original otherwise, so the route, its hooks and its
+``ConnectionClosed`` handling are flask-sock's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import io
+import logging
+import sys
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import wraps
+from inspect import iscoroutinefunction
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from flask import Blueprint, Flask, Response, current_app, request
+
+from ..pool import run_in_pool
+from ..server import Receive, Scope, Send
+from .views import endpoint_is_async
+
+if TYPE_CHECKING:
+    from .app import FlaskAdapter
+
+    _ClosedBase = RuntimeError
+else:
+    try:  # flask-sock handlers catch simple_websocket's exception
+        from simple_websocket import ConnectionClosed as _ClosedBase
+    except ImportError:
+        _ClosedBase = RuntimeError
+
+T = TypeVar("T")
+log = logging.getLogger("flask_async_worker")
+
+#: Where the request's :class:`WebSocket` waits in the WSGI environ.
+WS_KEY = "flask_async_worker.websocket"
+#: Close code when none was received (RFC 6455 section 7.1.5).
+NO_STATUS = 1005
+#: Bytes of a refusing response's body kept from a sync route.
+DENIAL_BODY_LIMIT = 64 * 1024
+
+CONNECTING, OPEN, CLOSED = 0, 1, 2
+
+
+class ConnectionClosed(_ClosedBase):
+    """The WebSocket is closed; ``reason`` is the close code, ``message``
+    the reason text.  A subclass of ``simple_websocket.ConnectionClosed``
+    when that is installed, so flask-sock code catches it unchanged."""
+
+    def __init__(self, reason: int = NO_STATUS, message: str | None = None) -> None:
+        Exception.__init__(self, f"Connection closed: {reason} {message or ''}")
+        self.reason = reason
+        self.message = message
+
+
+class WebSocket:
+    """A WebSocket as an ``async def`` handler sees it: flask-sock's
+    ``ws`` API with ``await`` (and ``async for message in ws``)."""
+
+    #: What flask-sock's response class asks the ``ws`` it made.
+    mode = "flask_async_worker"
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self.loop = asyncio.get_running_loop()
+        self.state = CONNECTING
+        #: The subprotocol chosen at accept, if any.
+        self.subprotocol: str | None = None
+        self.close_reason = NO_STATUS
+        self.close_message: str | None = None
+        #: A per-app limit (``SOCK_SERVER_OPTIONS["max_message_size"]``),
+        #: below the server's own.
+        self.max_message_size: int | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.state == OPEN
+
+    async def accept(
+        self, subprotocol: str | None = None, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        if self.state != CONNECTING:
+            raise RuntimeError("the WebSocket handshake was already answered")
+        await self._send(
+            {"type": "websocket.accept", "subprotocol": subprotocol, "headers": headers or []}
+        )
+        self.subprotocol = subprotocol
+        self.state = OPEN
+
+    async def receive(self, timeout: float | None = None) -> str | bytes | None:
+        """The next message; ``None`` when ``timeout`` seconds pass first.
+        Raises :class:`ConnectionClosed` once the connection is closed."""
+        if self.state != OPEN:
+            raise ConnectionClosed(self.close_reason, self.close_message)
+        if timeout is None:
+            message = await self._receive()
+        else:
+            try:
+                message = await asyncio.wait_for(self._receive(), timeout)
+            except TimeoutError:
+                return None
+        if message["type"] == "websocket.receive":
+            text = message.get("text")
+            data: str | bytes = text if text is not None else message.get("bytes") or b""
+            limit = self.max_message_size
+            if limit is not None and len(data) > limit:
+                await self.close(1009, "message too big")
+                raise ConnectionClosed(1009, "message too big")
+            return data
+        self.state = CLOSED
+        self.close_reason = int(message.get("code") or NO_STATUS)
+        self.close_message = message.get("reason") or None
+        raise ConnectionClosed(self.close_reason, self.close_message)
+
+    async def send(self, data: str | bytes) -> None:
+        if self.state != OPEN:
+            raise ConnectionClosed(self.close_reason, self.close_message)
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            message = {"type": "websocket.send", "bytes": bytes(data)}
+        else:
+            message = {"type": "websocket.send", "text": str(data)}
+        try:
+            await self._send(message)
+        except OSError:
+            self.state = CLOSED
+            self.close_reason = 1006
+            raise ConnectionClosed(1006, None) from None
+
+    async def close(self, reason: int | None = None, message: str | None = None) -> None:
+        """Close with ``reason`` (a close code, 1000 by default).  Raises
+        :class:`ConnectionClosed` if it is closed already, as flask-sock's."""
+        if self.state != OPEN:
+            raise ConnectionClosed(self.close_reason, self.close_message)
+        self.state = CLOSED
+        self.close_reason = reason or 1000
+        self.close_message = message
+        await self._send(
+            {"type": "websocket.close", "code": self.close_reason, "reason": message or ""}
+        )
+
+    def __aiter__(self) -> WebSocket:
+        return self
+
+    async def __anext__(self) -> str | bytes:
+        try:
+            data = await self.receive()
+        except ConnectionClosed:
+            raise StopAsyncIteration from None
+        assert data is not None
+        return data
+
+
+class SyncWebSocket:
+    """flask-sock's blocking ``ws`` API for handlers in a pool thread;
+    each call waits for the loop, where the connection lives."""
+
+    mode = "flask_async_worker"
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.ws.loop).result()
+
+    @property
+    def connected(self) -> bool:
+        return self.ws.connected
+
+    @property
+    def subprotocol(self) -> str | None:
+        return self.ws.subprotocol
+
+    @property
+    def close_reason(self) -> int:
+        return self.ws.close_reason
+
+    @property
+    def close_message(self) -> str | None:
+        return self.ws.close_message
+
+    def accept(
+        self, subprotocol: str | None = None, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        self._call(self.ws.accept(subprotocol, headers))
+
+    def receive(self, timeout: float | None = None) -> str | bytes | None:
+        return self._call(self.ws.receive(timeout))
+
+    def send(self, data: str | bytes) -> None:
+        self._call(self.ws.send(data))
+
+    def close(self, reason: int | None = None, message: str | None = None) -> None:
+        self._call(self.ws.close(reason, message))
+
+
+def _options() -> dict[str, Any]:
+    return dict(current_app.config.get("SOCK_SERVER_OPTIONS") or {})
+
+
+def _choose_subprotocol(ws: WebSocket, options: dict[str, Any]) -> str | None:
+    """flask-sock's rule: the first protocol the client offers that the
+    app lists in ``SOCK_SERVER_OPTIONS["subprotocols"]``."""
+    accepted = options.get("subprotocols") or []
+    if isinstance(accepted, str):
+        accepted = [accepted]
+    for offered in ws.scope.get("subprotocols") or ():
+        if offered in accepted:
+            return str(offered)
+    return None
+
+
+def _prepare(ws: WebSocket, options: dict[str, Any]) -> str | None:
+    limit = options.get("max_message_size")
+    if limit is not None:
+        ws.max_message_size = int(limit)
+    return _choose_subprotocol(ws, options)
+
+
+def _current() -> WebSocket:
+    ws = request.environ.get(WS_KEY)
+    if ws is None:
+        raise RuntimeError(
+            "this WebSocket route is served by flask_async_worker's worker or adapter "
+            "(gunicorn -k flask_async_worker.UVLoopWorker)"
+        )
+    return ws  # type: ignore[no-any-return]
+
+
+def _sync_accept(options: dict[str, Any]) -> SyncWebSocket:
+    ws = _current()
+    sync = SyncWebSocket(ws)
+    sync.accept(_prepare(ws, options))
+    return sync
+
+
+class Sock:
+    """WebSocket routes with flask-sock's API; handlers may be
+    ``async def`` (run on the loop) or ``def`` (run in a thread)::
+
+        sock = Sock(app)
+
+        @sock.route("/echo")
+        async def echo(ws):
+            async for message in ws:
+                await ws.send(message)
+    """
+
+    def __init__(self, app: Flask | None = None) -> None:
+        self.app: Flask | None = None
+        self.bp: Blueprint | None = None
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        if self.bp is not None:
+            app.register_blueprint(self.bp)
+        self.app = app
+
+    def route(
+        self, path: str, bp: Blueprint | None = None, **kwargs: Any
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register ``f(ws, **url_args)`` for WebSocket requests to ``path``
+        (other route options as for ``app.route``)."""
+
+        def decorator(f: Callable[..., Any]) -> Callable[..., Any]:
+            view = _async_route(f) if iscoroutinefunction(f) else _sync_route(f)
+            kwargs["websocket"] = True
+            if bp is not None:
+                bp.route(path, **kwargs)(view)
+            elif self.app is not None:
+                self.app.route(path, **kwargs)(view)
+            else:
+                if self.bp is None:
+                    self.bp = Blueprint("__flask_async_worker_sock", __name__)
+                self.bp.route(path, **kwargs)(view)
+            return f
+
+        return decorator
+
+
+def _async_route(f: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(f)
+    async def websocket_route(*args: Any, **kwargs: Any) -> Response:
+        ws = _current()
+        await ws.accept(_prepare(ws, _options()))
+        try:
+            await f(ws, *args, **kwargs)
+        except ConnectionClosed:
+            pass
+        if ws.connected:
+            await ws.close()
+        return Response(status=101)
+
+    return websocket_route
+
+
+def _sync_route(f: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(f)
+    def websocket_route(*args: Any, **kwargs: Any) -> Response:
+        ws = _sync_accept(_options())
+        try:
+            f(ws, *args, **kwargs)
+        except ConnectionClosed:
+            pass
+        if ws.connected:
+            try:
+                ws.close()
+            except ConnectionClosed:
+                pass
+        return Response(status=101)
+
+    return websocket_route
+
+
+def install_flask_sock_bridge() -> None:
+    """Serve flask-sock routes (see the module docstring)."""
+    module = sys.modules.get("flask_sock")
+    original = getattr(module, "Server", None)
+    if module is None or original is None or getattr(original, "_flask_async_worker", False):
+        return
+
+    def server(environ: dict[str, Any], **options: Any) -> Any:
+        if WS_KEY not in environ:
+            return original(environ, **options)
+        return _sync_accept(options)
+
+    server._flask_async_worker = True  # type: ignore[attr-defined]
+    module.Server = server  # type: ignore[attr-defined]
+
+
+# -- serving ---------------------------------------------------------------------------
+
+
+class WebSocketPool:
+    """The threads of sync WebSocket handlers, apart from the sync views'
+    pool: a handler holds its thread for the connection's life, and must
+    not starve the views.  Counted on the loop, so no lock."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.active = 0
+        self.executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="flask-async-ws")
+
+    def full(self) -> bool:
+        return self.active >= self.size
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+
+
+async def serve_websocket(
+    adapter: FlaskAdapter, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """One WebSocket request through the Flask app (see the module docstring)."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    http_scope = dict(scope)
+    http_scope["method"] = "GET"
+    http_scope["scheme"] = "https" if scope.get("scheme") == "wss" else "http"
+    environ = adapter.wsgi.environ(http_scope)
+    environ["wsgi.input"] = io.BytesIO()
+    ws = WebSocket(scope, receive, send)
+    environ[WS_KEY] = ws
+    app = adapter.flask_app
+    if not adapter.not_native and _is_async(app, environ):
+        ctx = app.request_context(environ)
+        response = await adapter.dispatch.handle(ctx)
+        if ws.state == CONNECTING:
+            await adapter.send_response(response, environ, _denial(scope, send))
+        else:
+            await adapter._close(response)
+    else:
+        pool = adapter.websocket_pool()
+        if pool.full():
+            log.warning(
+                "Refusing WebSocket %s with 503: all %d threads for sync WebSocket handlers "
+                "are busy (ASYNC_WORKER_WEBSOCKET_THREADS)",
+                environ["PATH_INFO"],
+                pool.size,
+            )
+            await _deny(scope, send, 503, b"Too many WebSocket connections\n")
+            return
+        with pool.hold():
+            context = contextvars.copy_context()
+            result = await run_in_pool(pool.executor, context.run, _run_wsgi, app, environ)
+        if ws.state == CONNECTING and result is not None:
+            status, headers, body = result
+            denial = _denial(scope, send)
+            await denial({"type": "http.response.start", "status": status, "headers": headers})
+            await denial({"type": "http.response.body", "body": body})
+    if ws.state == OPEN:
+        await ws.close()
+
+
+def _is_async(app: Flask, environ: dict[str, Any]) -> bool:
+    """Is the matched endpoint's view async?  Routing errors go to Flask's
+    own ``wsgi_app``, which answers them as for any request."""
+    try:
+        url_adapter = app.create_url_adapter(app.request_class(environ))
+        if url_adapter is None:
+            return False
+        rule, _ = url_adapter.match(return_rule=True)
+    except Exception:
+        return False
+    view = app.view_functions.get(rule.endpoint)
+    return view is not None and endpoint_is_async(view, "GET")
+
+
+def _run_wsgi(app: Flask, environ: dict[str, Any]) -> tuple[int, list[Any], bytes] | None:
+    """Flask's ``wsgi_app`` in a pool thread; the response, kept only in
+    case it refuses the handshake (a hook answered before the view)."""
+    started: list[Any] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        started[:] = [status, headers]
+        return lambda data: None
+
+    result = app.wsgi_app(environ, start_response)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        if environ[WS_KEY].state != CONNECTING:
+            return None
+        for chunk in result:
+            if size < DENIAL_BODY_LIMIT:
+                chunks.append(chunk)
+                size += len(chunk)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    if not started:
+        return None
+    status = int(str(started[0]).split(" ", 1)[0])
+    headers = [
+        (k.lower().encode("latin-1"), v.encode("latin-1"))
+        for k, v in started[1]
+        if k.lower() not in ("content-length", "transfer-encoding", "connection")
+    ]
+    return status, headers, b"".join(chunks)[:DENIAL_BODY_LIMIT]
+
+
+def _denial(scope: Scope, send: Send) -> Send:
+    """``send`` for an HTTP response refusing the handshake: the ASGI
+    denial extension where the server has it, else a plain close (403)."""
+    supported = "websocket.http.response" in (scope.get("extensions") or {})
+
+    async def denial(message: dict[str, Any]) -> None:
+        if supported:
+            await send({**message, "type": "websocket." + message["type"]})
+        elif message["type"] == "http.response.start":
+            await send({"type": "websocket.close", "code": 1008})
+
+    return denial  # type: ignore[return-value]
+
+
+async def _deny(scope: Scope, send: Send, status: int, body: bytes) -> None:
+    denial = _denial(scope, send)
+    await denial(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+        }
+    )
+    await denial({"type": "http.response.body", "body": body})
