@@ -226,7 +226,11 @@ class WebSocketCycle(RequestCycle):
         self.state = OPEN
         conn.switch_to_websocket(self)
         if self.state == OPEN:
-            self._arm_ping()
+            if conn.server.closing:
+                # Accepted during a graceful stop: going away at once.
+                self._close(1001, "server shutting down")
+            else:
+                self._arm_ping()
 
     def _send_status(self, status: int) -> None:
         """Refuse the handshake with a bodiless response."""

@@ -197,12 +197,7 @@ class AsyncioWorker(base.Worker):  # type: ignore[misc]
         SIGKILLs it).  This runs at interpreter shutdown, after the arbiter
         code has called ``worker_exit``, and before the threads are joined.
         """
-        threads = [
-            thread
-            for pool in (self.executor, self.offload)
-            if pool is not None
-            for thread in getattr(pool, "_threads", ())
-        ]
+        threads = [thread for pool in self._pools() for thread in getattr(pool, "_threads", ())]
         if not threads:
             return
         deadline = time.monotonic() + (0.0 if self.abandoned else THREAD_EXIT_GRACE)
@@ -218,6 +213,13 @@ class AsyncioWorker(base.Worker):  # type: ignore[misc]
             sys.stderr.flush()
         finally:
             os._exit(self.exit_code)
+
+    def _pools(self) -> list[Any]:
+        """Every thread pool of this worker: the sync pool, the loop's
+        default executor, and the adapter's pool of sync WebSocket handlers."""
+        ws = getattr(getattr(self, "asgi", None), "_websocket_pool", None)
+        pools = [self.executor, self.offload, ws.executor if ws is not None else None]
+        return [pool for pool in pools if pool is not None]
 
     # -- the main loop ---------------------------------------------------------------
 
@@ -311,9 +313,8 @@ class AsyncioWorker(base.Worker):  # type: ignore[misc]
     def _close_loop(self) -> None:
         loop = self.loop
         try:
-            for pool in (self.executor, self.offload):
-                if pool is not None:
-                    pool.shutdown(wait=False, cancel_futures=True)
+            for pool in self._pools():
+                pool.shutdown(wait=False, cancel_futures=True)
             if not loop.is_closed():
                 # A quick exit (SIGQUIT/SIGINT) skips the lifespan shutdown and
                 # SIGABRT leaves from the middle of a request: cancel what is
