@@ -34,9 +34,9 @@ import contextvars
 import io
 import logging
 import sys
-from collections.abc import Callable, Coroutine, Iterator
+import threading
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from functools import wraps
 from inspect import iscoroutinefunction
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -374,13 +374,40 @@ class WebSocketPool:
     def full(self) -> bool:
         return self.active >= self.size
 
-    @contextmanager
-    def hold(self) -> Iterator[None]:
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a pool thread, counted until the thread is done
+        with it (not until the awaiting task is: a task cancelled after its
+        client left must not free a thread its handler still holds)."""
+        loop = asyncio.get_running_loop()
+        lock = threading.Lock()
+        started = abandoned = False
         self.active += 1
+
+        def call() -> T | None:
+            nonlocal started
+            with lock:
+                if abandoned:
+                    return None
+                started = True
+            try:
+                return fn(*args)
+            finally:
+                try:
+                    loop.call_soon_threadsafe(self._release)
+                except RuntimeError:  # the loop is closed: the worker is leaving
+                    pass
+
         try:
-            yield
-        finally:
-            self.active -= 1
+            return await run_in_pool(self.executor, contextvars.copy_context().run, call)
+        except BaseException:
+            with lock:
+                if not started:
+                    abandoned = True
+                    self._release()
+            raise
+
+    def _release(self) -> None:
+        self.active -= 1
 
 
 async def serve_websocket(
@@ -416,9 +443,7 @@ async def serve_websocket(
             )
             await _deny(scope, send, 503, b"Too many WebSocket connections\n")
             return
-        with pool.hold():
-            context = contextvars.copy_context()
-            result = await run_in_pool(pool.executor, context.run, _run_wsgi, app, environ)
+        result = await pool.run(_run_wsgi, app, environ)
         if ws.state == CONNECTING and result is not None:
             status, headers, body = result
             denial = _denial(scope, send)
