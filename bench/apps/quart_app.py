@@ -2,7 +2,7 @@
 
 Sync views stay sync (Quart runs them in its thread pool, as it would an
 unported Flask view); everything that touches the body or waits is async,
-as Quart requires.
+as Quart requires. ``/ws/echo`` (scenario 10) is a ``@app.websocket`` route.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from quart import Quart, Response, jsonify, request
+from quart import Quart, Response, jsonify, request, websocket
 
 app = Quart(__name__)
 
@@ -85,3 +85,10 @@ async def sse() -> Response:
 
 
 app.add_url_rule("/sse-async", "sse_async", sse)
+
+
+@app.websocket("/ws/echo")
+async def ws_echo() -> None:
+    while True:
+        message = await websocket.receive()
+        await websocket.send(message)
