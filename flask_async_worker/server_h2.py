@@ -20,7 +20,7 @@ client's flow-control window to drain it otherwise.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from h2.errors import ErrorCodes
 
@@ -36,6 +36,7 @@ from .protocols.http2 import (
     StreamReset,
     WindowOpened,
 )
+from .protocols.websocket import Closed, Handshake, parse_h2_handshake
 from .server import (
     DRAIN,
     HEAD,
@@ -45,6 +46,7 @@ from .server import (
     ClientDisconnected,
     RequestCycle,
 )
+from .server_ws import CLOSE_SENT, CLOSED, OPEN, WebSocketProtocol
 
 if TYPE_CHECKING:
     from .server import HTTPConnection
@@ -140,7 +142,16 @@ class H2Session:
             # Idle or preface deadline over; a client that does not read
             # keeps its send deadline.
             conn.deadline_kind = NO_DEADLINE
-        stream = H2Stream(self, sid, request)
+        stream: H2Stream
+        if request.upgrade:
+            try:
+                handshake = parse_h2_handshake(request)
+            except ProtocolError as exc:
+                self._refuse(StreamRefused(sid, exc.status, exc.detail))
+                return
+            stream = H2WebSocket(self, sid, request, handshake)
+        else:
+            stream = H2Stream(self, sid, request)
         self.streams[sid] = stream
         conn.server.launch(stream)
 
@@ -262,6 +273,8 @@ class H2Session:
             self.draining = True
             self.driver.goaway()
             self.flush()
+            for stream in list(self.streams.values()):
+                stream.begin_drain()
         if not self.streams:
             self.close()
 
@@ -331,6 +344,9 @@ class H2Stream(RequestCycle):
     def on_disconnect(self) -> None:
         super().on_disconnect()
         self.wake_sender()
+
+    def begin_drain(self) -> None:
+        """Graceful stop: a request stream finishes as it is."""
 
     def wake_sender(self) -> None:
         waiter = self.send_waiter
@@ -479,3 +495,175 @@ class H2Stream(RequestCycle):
 def make_session(conn: HTTPConnection) -> H2Session:
     settings = conn.settings
     return H2Session(conn, H2Driver(settings.h2, settings.limits))
+
+
+class H2WebSocket(WebSocketProtocol, H2Stream):
+    """A WebSocket on an HTTP/2 stream: RFC 8441's extended CONNECT.
+
+    The stream's DATA carries the WebSocket frames both ways.  The stream
+    window bounds what the client sends ahead: it is re-opened as the app
+    takes messages (up to the body buffer).  Pings run on a timer of the
+    stream's own, since the connection's deadline is shared.
+    """
+
+    __slots__ = (
+        "closed_info",
+        "connect_sent",
+        "handshake",
+        "inbox",
+        "inbox_size",
+        "last_seen",
+        "ping_sent",
+        "state",
+        "timer",
+        "ws",
+    )
+
+    def __init__(
+        self, session: H2Session, stream_id: int, request: Request, handshake: Handshake
+    ) -> None:
+        super().__init__(session, stream_id, request)
+        self._init_websocket(handshake)
+        self.last_seen = 0.0
+        self.ping_sent = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+
+    # -- fed by the session --------------------------------------------------------
+
+    def feed_flow(self, data: bytes, flow: int) -> None:
+        self.flow_unacked += flow
+        if self.ws is None:
+            # Before the answer: held (the stream window bounds it).
+            self.body.append(data)
+            return
+        self.last_seen = self.conn.loop.time()
+        self.frames_received(data)
+        self._taken()
+
+    def feed_end(self) -> None:
+        self.body_complete = True
+        if self.ws is None:
+            self.on_disconnect()  # the client gave up before the answer
+        elif self.state in (OPEN, CLOSE_SENT):
+            # The client ended its side without a close frame.
+            self.closed_info = self.closed_info or Closed(1006, "")
+            self.state = CLOSED
+            self._ended()
+        self._wake()
+
+    # -- the wire ------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if not self.out_end:
+            self.outbox += data
+            self.session.pump(self)
+
+    def _write_accept(self, subprotocol: str | None, deflate: Any, headers: Headers) -> None:
+        own: Headers = []
+        if subprotocol is not None:
+            own.append((b"sec-websocket-protocol", subprotocol.encode("latin-1")))
+        if deflate is not None:
+            params = deflate.accept_params
+            offer = deflate.name + ("; " + params if params else "")
+            own.append((b"sec-websocket-extensions", offer.encode("latin-1")))
+        own += headers
+        own.append((b"date", self.conn.server.date))
+        session = self.session
+        self.status = 200
+        if not session.driver.send_headers(self.stream_id, 200, own, end_stream=False):
+            session.forget(self)
+            self.on_disconnect()
+            return
+        session.flush_soon()
+
+    async def _send_wait(self) -> None:
+        await self._backpressure()
+
+    def _opened(self) -> None:
+        if self.body:
+            early = b"".join(self.body)
+            self.body.clear()
+            self.frames_received(early)
+            self._taken()
+        if self.state == OPEN:
+            self.last_seen = self.conn.loop.time()
+            self._arm(self.conn.settings.extra.ws_ping_interval, self._ping_due)
+
+    def _ended(self) -> None:
+        self._cancel_timer()
+        self.response_complete = True
+        if not self.out_end:
+            self.out_end = True
+            self.session.pump(self)
+
+    def _closing(self) -> None:
+        self._arm(self.conn.settings.extra.ws_close_timeout, self._close_expired)
+
+    def _taken(self) -> None:
+        if self.flow_unacked and self.inbox_size <= self.conn.settings.extra.body_buffer:
+            session = self.session
+            session.driver.acknowledge(self.stream_id, self.flow_unacked)
+            self.flow_unacked = 0
+            session.flush_soon()
+
+    # -- timers --------------------------------------------------------------------
+
+    def _arm(self, seconds: float, callback: Any) -> None:
+        self._cancel_timer()
+        if seconds > 0:
+            self.timer = self.conn.loop.call_later(seconds, callback)
+
+    def _cancel_timer(self) -> None:
+        timer = self.timer
+        if timer is not None:
+            timer.cancel()
+            self.timer = None
+
+    def _ping_due(self) -> None:
+        self.timer = None
+        if self.state != OPEN or self.disconnected:
+            return
+        loop = self.conn.loop
+        extra = self.conn.settings.extra
+        idle = loop.time() - self.last_seen
+        if idle < extra.ws_ping_interval:
+            self._arm(extra.ws_ping_interval - idle, self._ping_due)
+            return
+        assert self.ws is not None
+        self.ping_sent = loop.time()
+        self._write(self.ws.send_ping(b"flask_async_worker"))
+        self._arm(extra.ws_ping_timeout, self._pong_due)
+
+    def _pong_due(self) -> None:
+        self.timer = None
+        if self.disconnected or self.state == CLOSED:
+            return
+        extra = self.conn.settings.extra
+        if self.last_seen >= self.ping_sent:
+            self._arm(extra.ws_ping_interval, self._ping_due)
+            return
+        self.conn.server.log.info(
+            "WebSocket ping timeout from ip=%s: no pong in %ss",
+            self.conn.client_ip,
+            extra.ws_ping_timeout,
+        )
+        self._drop(Closed(1006, "ping timeout"))
+
+    def _close_expired(self) -> None:
+        self.timer = None
+        if not self.disconnected and self.state == CLOSE_SENT:
+            self.conn.server.log.debug("WebSocket close timeout from ip=%s", self.conn.client_ip)
+            self._drop(None)
+
+    def _drop(self, closed: Closed | None) -> None:
+        if closed is not None and self.closed_info is None:
+            self.closed_info = closed
+        session = self.session
+        session.driver.reset(self.stream_id, ErrorCodes.CANCEL)
+        session.flush()
+        session.forget(self)
+        self.on_disconnect()
+
+    def on_disconnect(self) -> None:
+        self._cancel_timer()
+        super().on_disconnect()

@@ -18,8 +18,9 @@ and the close handshake has its own timeout.
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
-from .protocols.events import Request
+from .protocols.events import Headers, Request
 from .protocols.websocket import (
     PONG,
     Closed,
@@ -61,22 +62,26 @@ _OWN_HEADERS = frozenset(
 )
 
 
-class WebSocketCycle(RequestCycle):
-    """ASGI ``receive``/``send`` for one WebSocket."""
+class WebSocketProtocol(RequestCycle):
+    """The ASGI side of a WebSocket, whatever carries it: the handshake's
+    answer, messages in and out, the close handshake.  Subclasses put the
+    bytes on the wire (an HTTP/1.1 connection, an HTTP/2 stream).
 
-    __slots__ = (
-        "closed_info",
-        "connect_sent",
-        "handshake",
-        "inbox",
-        "inbox_size",
-        "messages_in",
-        "state",
-        "ws",
-    )
+    No ``__slots__`` here: a class combining it with another slotted
+    subclass of :class:`RequestCycle` (``H2Stream``) could not exist; the
+    concrete classes declare the fields, and the instance dict CPython
+    allows for stays unallocated.
+    """
 
-    def __init__(self, conn: HTTPConnection, request: Request, handshake: Handshake) -> None:
-        super().__init__(conn, request)
+    handshake: Handshake
+    ws: WSDriver | None
+    state: int
+    inbox: deque[str | bytes]
+    inbox_size: int
+    connect_sent: bool
+    closed_info: Closed | None
+
+    def _init_websocket(self, handshake: Handshake) -> None:
         scope = self.scope
         scope["type"] = "websocket"
         scope["scheme"] = "wss" if scope["scheme"] == "https" else "ws"
@@ -86,24 +91,39 @@ class WebSocketCycle(RequestCycle):
         del extensions["http.response.informational"]
         extensions["websocket.http.response"] = {}
         self.handshake = handshake
-        self.ws: WSDriver | None = None
+        self.ws = None
         self.state = CONNECTING
-        self.inbox: deque[str | bytes] = deque()
+        self.inbox = deque()
         self.inbox_size = 0
-        self.messages_in = 0
         self.connect_sent = False
-        self.closed_info: Closed | None = None
+        self.closed_info = None
+
+    # -- the wire (subclasses) ---------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _write_accept(self, subprotocol: str | None, deflate: Any, headers: Headers) -> None:
+        raise NotImplementedError
+
+    async def _send_wait(self) -> None:
+        """Wait while the client is behind with what was written."""
+        raise NotImplementedError
+
+    def _opened(self) -> None:
+        """The handshake was answered: frames flow from now on."""
+
+    def _ended(self) -> None:
+        """Close handshake done, or failed: release the wire."""
+        raise NotImplementedError
+
+    def _closing(self) -> None:
+        """This side sent its close frame: bound the wait for the reply."""
+
+    def _taken(self) -> None:
+        """The app took a message: the client may send more."""
 
     # -- ASGI ------------------------------------------------------------------------
-
-    async def run(self) -> None:
-        try:
-            await super().run()
-        finally:
-            if self.status == 101:
-                # An accepted WebSocket is one request, logged when it ends
-                # (a refused one was logged with its response).
-                self.conn.server.request_finished(self)
 
     def _app_returned(self) -> None:
         state = self.state
@@ -136,9 +156,7 @@ class WebSocketCycle(RequestCycle):
             if inbox:
                 data = inbox.popleft()
                 self.inbox_size -= len(data)
-                conn = self.conn
-                if conn.read_paused and self.may_read():
-                    conn.resume_reading()
+                self._taken()
                 if type(data) is str:
                     return {"type": "websocket.receive", "text": data}
                 return {"type": "websocket.receive", "bytes": data}
@@ -169,13 +187,10 @@ class WebSocketCycle(RequestCycle):
                 if data is None:
                     raise ValueError("websocket.send without text or bytes")
                 payload = bytes(data)
-            conn = self.conn
             assert self.ws is not None
-            conn.transport.write(self.ws.send_message(payload))
+            self._write(self.ws.send_message(payload))
             self.bytes_sent += len(payload)
-            if conn.write_paused:
-                await conn.drain()
-                self._arm_ping()
+            await self._send_wait()
         elif kind == "websocket.accept":
             if state != CONNECTING:
                 raise RuntimeError("websocket.accept after the handshake was answered")
@@ -218,19 +233,15 @@ class WebSocketCycle(RequestCycle):
             else None
         )
         self.ws = WSDriver(extra.ws_max_message_size, deflate)
-        conn.transport.write(accept_response(handshake, subprotocol, deflate, headers))
-        self.status = 101
-        self.response_headers = [(b"upgrade", b"websocket"), *headers]
+        self._write_accept(subprotocol, deflate, headers)
+        self.response_headers = [*headers]
         self.response_started = self.wrote_head = True
         self.keep_alive = False
         self.state = OPEN
-        conn.switch_to_websocket(self)
-        if self.state == OPEN:
-            if conn.server.closing:
-                # Accepted during a graceful stop: going away at once.
-                self._close(1001, "server shutting down")
-            else:
-                self._arm_ping()
+        self._opened()
+        if self.state == OPEN and conn.server.closing:
+            # Accepted during a graceful stop: going away at once.
+            self._close(1001, "server shutting down")
 
     def _send_status(self, status: int) -> None:
         """Refuse the handshake with a bodiless response."""
@@ -245,28 +256,137 @@ class WebSocketCycle(RequestCycle):
 
     # -- frames in -------------------------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
+    def frames_received(self, data: bytes) -> None:
         ws = self.ws
         assert ws is not None
-        conn = self.conn
         events = ws.receive_data(data)
         if ws.output:
-            conn.transport.write(bytes(ws.output))
+            self._write(bytes(ws.output))
             ws.output.clear()
         for event in events:
             kind = type(event)
             if kind is str or kind is bytes:
                 self.inbox.append(event)
                 self.inbox_size += len(event)
-                self.messages_in += 1
             elif event is not PONG:
                 self._peer_closed(event)
+        self._wake()
+
+    def _peer_closed(self, event: Closed) -> None:
+        if self.closed_info is None:
+            self.closed_info = event
+        if event.fail:
+            conn = self.conn
+            conn.server.log.warning(
+                "WebSocket protocol error from ip=%s: %s (close %d)",
+                conn.client_ip,
+                event.reason or "-",
+                event.code,
+            )
+        # Whoever closed first, the close handshake is over (or failed).
+        self.state = CLOSED
+        self._ended()
+
+    # -- frames out ------------------------------------------------------------------
+
+    def _close(self, code: int, reason: str) -> None:
+        ws = self.ws
+        assert ws is not None
+        self.state = CLOSE_SENT
+        if self.closed_info is None:
+            # What receive() reports if the app asks after closing.
+            self.closed_info = Closed(code, reason)
+        if self.disconnected:
+            return
+        self._write(ws.send_close(code, reason))
+        self._closing()
+
+    def begin_drain(self) -> None:
+        """Graceful stop: tell the client the server is going away; the
+        app hears websocket.disconnect when the client answers."""
         if self.state == OPEN:
+            self._close(1001, "server shutting down")
+
+    def on_disconnect(self) -> None:
+        if self.closed_info is None and self.state != CONNECTING:
+            self.closed_info = Closed(1006, "")
+        if self.state != DENIED:
+            self.state = CLOSED
+        super().on_disconnect()
+
+
+class WebSocketCycle(WebSocketProtocol):
+    """A WebSocket over an HTTP/1.1 connection (the 101 handshake)."""
+
+    __slots__ = (
+        "closed_info",
+        "connect_sent",
+        "handshake",
+        "inbox",
+        "inbox_size",
+        "state",
+        "ws",
+    )
+
+    def __init__(self, conn: HTTPConnection, request: Request, handshake: Handshake) -> None:
+        super().__init__(conn, request)
+        self._init_websocket(handshake)
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        finally:
+            if self.status == 101:
+                # An accepted WebSocket is one request, logged when it ends
+                # (a refused one was logged with its response).
+                self.conn.server.request_finished(self)
+
+    # -- the wire ------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        self.conn.transport.write(data)
+
+    def _write_accept(self, subprotocol: str | None, deflate: Any, headers: Headers) -> None:
+        self.conn.transport.write(accept_response(self.handshake, subprotocol, deflate, headers))
+        self.status = 101
+
+    async def _send_wait(self) -> None:
+        conn = self.conn
+        if conn.write_paused:
+            await conn.drain()
+            self._arm_ping()
+
+    def _opened(self) -> None:
+        self.conn.switch_to_websocket(self)
+        if self.state == OPEN:
+            self._arm_ping()
+
+    def _ended(self) -> None:
+        # The server closes the TCP connection (RFC 6455 section 7.1.1).
+        conn = self.conn
+        conn.deadline_kind = NO_DEADLINE
+        conn.transport.close()
+
+    def _closing(self) -> None:
+        conn = self.conn
+        conn.set_deadline(CLOSING, conn.settings.extra.ws_close_timeout)
+        conn.resume_reading()  # the reply must be read even if the app is behind
+
+    def _taken(self) -> None:
+        conn = self.conn
+        if conn.read_paused and self.may_read():
+            conn.resume_reading()
+
+    # -- fed by the connection -------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self.frames_received(data)
+        if self.state == OPEN:
+            conn = self.conn
             if not self.may_read():
                 conn.pause_reading()
             if conn.deadline_kind in (NO_DEADLINE, PING, PONG_DUE):
                 self._arm_ping()
-        self._wake()
 
     def may_read(self) -> bool:
         """Read more: the app keeps up with the messages and the client
@@ -279,39 +399,6 @@ class WebSocketCycle(RequestCycle):
         """The client read what was queued for it."""
         if self.state == OPEN and self.may_read():
             self.conn.resume_reading()
-
-    def _peer_closed(self, event: Closed) -> None:
-        conn = self.conn
-        if self.closed_info is None:
-            self.closed_info = event
-        if event.fail:
-            conn.server.log.warning(
-                "WebSocket protocol error from ip=%s: %s (close %d)",
-                conn.client_ip,
-                event.reason or "-",
-                event.code,
-            )
-        # Whoever closed first, the close handshake is over (or failed):
-        # the server closes the TCP connection (RFC 6455 section 7.1.1).
-        self.state = CLOSED
-        conn.deadline_kind = NO_DEADLINE
-        conn.transport.close()
-
-    # -- frames out ------------------------------------------------------------------
-
-    def _close(self, code: int, reason: str) -> None:
-        ws = self.ws
-        assert ws is not None
-        conn = self.conn
-        self.state = CLOSE_SENT
-        if self.closed_info is None:
-            # What receive() reports if the app asks after closing.
-            self.closed_info = Closed(code, reason)
-        if conn.transport.is_closing():
-            return
-        conn.transport.write(ws.send_close(code, reason))
-        conn.set_deadline(CLOSING, conn.settings.extra.ws_close_timeout)
-        conn.resume_reading()  # the reply must be read even if the app is behind
 
     def _arm_ping(self) -> None:
         interval = self.conn.settings.extra.ws_ping_interval
@@ -338,15 +425,3 @@ class WebSocketCycle(RequestCycle):
         elif kind == CLOSING:
             conn.server.log.debug("WebSocket close timeout from ip=%s", conn.client_ip)
             conn.transport.close()
-
-    def begin_drain(self) -> None:
-        """Graceful stop: tell the client the server is going away; the
-        app hears websocket.disconnect when the client answers."""
-        if self.state == OPEN:
-            self._close(1001, "server shutting down")
-
-    def on_disconnect(self) -> None:
-        if self.closed_info is None and self.state != CONNECTING:
-            self.closed_info = Closed(1006, "")
-        self.state = CLOSED if self.state != DENIED else DENIED
-        super().on_disconnect()

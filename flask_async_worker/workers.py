@@ -110,6 +110,7 @@ class AsyncioWorker(base.Worker):  # type: ignore[misc]
         register = getattr(threading, "_register_atexit", None)
         if register is not None:
             register(self._exit_despite_busy_threads)
+        route_adapter_log(self.log)
         super().init_process()
 
     def init_signals(self) -> None:
@@ -329,6 +330,24 @@ class AsyncioWorker(base.Worker):  # type: ignore[misc]
                 loop.close()
         except Exception:  # pragma: no cover - best effort at exit
             self.log.debug("Error closing the event loop", exc_info=True)
+
+
+def route_adapter_log(log: Any) -> None:
+    """Send the adapter's records to gunicorn's error log.
+
+    The adapter logs as ``flask_async_worker`` (it runs under any ASGI
+    server); under this worker its warnings (a refused WebSocket, a hook
+    blocking the loop) belong with the server's, in the same file, format
+    and level, unless the app configured that logger itself.
+    """
+    error_log = getattr(log, "error_log", None)
+    logger = logging.getLogger("flask_async_worker")
+    if error_log is None or logger.handlers:
+        return
+    for handler in error_log.handlers:
+        logger.addHandler(handler)
+    logger.setLevel(error_log.level)
+    logger.propagate = False
 
 
 def tune_gc(threshold: int) -> None:

@@ -45,6 +45,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 
 from ..pool import run_in_pool
 from ..server import Receive, Scope, Send
+from .dispatch import is_async_iterable
 from .views import endpoint_is_async
 
 if TYPE_CHECKING:
@@ -317,6 +318,12 @@ def _async_route(f: Callable[..., Any]) -> Callable[..., Any]:
             await f(ws, *args, **kwargs)
         except ConnectionClosed:
             pass
+        except Exception:
+            # Flask logs it and answers 500, which nobody can see now: the
+            # client learns from the close code.
+            if ws.connected:
+                await ws.close(1011, "internal error")
+            raise
         if ws.connected:
             await ws.close()
         return Response(status=101)
@@ -332,6 +339,13 @@ def _sync_route(f: Callable[..., Any]) -> Callable[..., Any]:
             f(ws, *args, **kwargs)
         except ConnectionClosed:
             pass
+        except Exception:
+            if ws.connected:
+                try:
+                    ws.close(1011, "internal error")
+                except ConnectionClosed:
+                    pass
+            raise
         if ws.connected:
             try:
                 ws.close()
@@ -422,6 +436,10 @@ async def serve_websocket(
     http_scope["scheme"] = "https" if scope.get("scheme") == "wss" else "http"
     environ = adapter.wsgi.environ(http_scope)
     environ["wsgi.input"] = io.BytesIO()
+    # Werkzeug's URL map recognises a WebSocket request by these (HTTP/2's
+    # extended CONNECT has neither): WebSocket rules match only then.
+    environ["HTTP_UPGRADE"] = "websocket"
+    environ["HTTP_CONNECTION"] = "Upgrade"
     ws = WebSocket(scope, receive, send)
     environ[WS_KEY] = ws
     app = adapter.flask_app
@@ -429,7 +447,12 @@ async def serve_websocket(
         ctx = app.request_context(environ)
         response = await adapter.dispatch.handle(ctx)
         if ws.state == CONNECTING:
-            await adapter.send_response(response, environ, _denial(scope, send))
+            # The refusal goes out in one message: a client that resets as
+            # soon as it has read the status must not cut a streamed body.
+            status, headers, body = await _collect(adapter, response, environ)
+            denial = _denial(scope, send)
+            await denial({"type": "http.response.start", "status": status, "headers": headers})
+            await denial({"type": "http.response.body", "body": body})
         else:
             await adapter._close(response)
     else:
@@ -451,6 +474,49 @@ async def serve_websocket(
             await denial({"type": "http.response.body", "body": body})
     if ws.state == OPEN:
         await ws.close()
+
+
+async def _collect(
+    adapter: FlaskAdapter, response: Response, environ: dict[str, Any]
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """A refusing response whole: status, headers, body (bounded)."""
+    headers = [
+        (k.lower().encode("latin-1"), v.encode("latin-1"))
+        for k, v in response.get_wsgi_headers(environ).to_wsgi_list()
+        if k.lower() not in ("content-length", "transfer-encoding", "connection")
+    ]
+    body = response.response
+    if is_async_iterable(body):
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in body:  # type: ignore[union-attr]
+            data = chunk.encode() if isinstance(chunk, str) else chunk
+            chunks.append(data)
+            size += len(data)
+            if size >= DENIAL_BODY_LIMIT:
+                break
+        await adapter._close(response)
+        data = b"".join(chunks)
+    elif response.is_sequence:
+        data = b"".join(response.iter_encoded())
+        response.close()
+    else:
+        data = await run_in_pool(adapter.executor, _read_bounded, response)
+    return response.status_code, headers, data[:DENIAL_BODY_LIMIT]
+
+
+def _read_bounded(response: Response) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.iter_encoded():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= DENIAL_BODY_LIMIT:
+                break
+    finally:
+        response.close()
+    return b"".join(chunks)
 
 
 def _is_async(app: Flask, environ: dict[str, Any]) -> bool:

@@ -209,7 +209,8 @@ class H2Driver:
                 h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.initial_window_size,
                 h2.settings.SettingCodes.MAX_FRAME_SIZE: limits.max_frame_size,
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
-                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
+                # RFC 8441: WebSockets may open as extended CONNECT streams.
+                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
             },
         )
         # h2 reads the frame size and header list bound from these, not
@@ -378,6 +379,7 @@ class H2Driver:
         """
         limits = self.header_limits
         method = target = authority = scheme = b""
+        protocol: bytes | None = None
         headers: Headers = []
         host: bytes | None = None
         cookies: list[bytes] | None = None
@@ -405,7 +407,9 @@ class H2Driver:
                         raise ProtocolError("repeated :authority")
                     authority = value
                 elif name == b":protocol":
-                    raise ProtocolError("extended CONNECT is not supported", 501)
+                    if protocol is not None:
+                        raise ProtocolError("repeated :protocol")
+                    protocol = value
                 else:
                     raise ProtocolError("unknown pseudo-header field")
                 continue
@@ -443,7 +447,13 @@ class H2Driver:
             headers.append((b"cookie", b"; ".join(cookies)))
         if len(headers) > limits.max_fields:
             raise ProtocolError("too many header fields", 431)
-        if method == b"CONNECT":
+        if protocol is not None:
+            # RFC 8441 section 4: extended CONNECT, a WebSocket's only use.
+            if method != b"CONNECT":
+                raise ProtocolError(":protocol in a request other than CONNECT")
+            if protocol.lower() != b"websocket":
+                raise ProtocolError("extended CONNECT for another protocol than websocket", 501)
+        elif method == b"CONNECT":
             raise ProtocolError("CONNECT is not supported", 501)
         if not method or not scheme or not target:
             raise ProtocolError("missing :method, :scheme or :path")
@@ -489,6 +499,7 @@ class H2Driver:
             keep_alive=True,
             expect_continue=expect and not ended,
             has_body=not ended,
+            upgrade=protocol is not None,
         )
 
     # -- flow control and sending ----------------------------------------------

@@ -46,6 +46,11 @@ def _tokens(value: bytes) -> list[bytes]:
     return [t.strip(b" \t").lower() for t in value.split(b",")]
 
 
+def _items(value: bytes) -> list[str]:
+    """A comma-separated list field's non-empty members, case kept."""
+    return [t.decode("latin-1") for t in (p.strip(b" \t") for p in value.split(b",")) if t]
+
+
 @dataclass(frozen=True, slots=True)
 class Handshake:
     """What a valid opening handshake asked for."""
@@ -95,13 +100,9 @@ def parse_handshake(request: Request) -> Handshake:
         elif name == b"connection":
             connection.extend(_tokens(value))
         elif name == b"sec-websocket-protocol":
-            subprotocols.extend(
-                t.decode("latin-1") for t in (p.strip(b" \t") for p in value.split(b",")) if t
-            )
+            subprotocols.extend(_items(value))
         elif name == b"sec-websocket-extensions":
-            extensions.extend(
-                t.decode("latin-1") for t in (p.strip(b" \t") for p in value.split(b",")) if t
-            )
+            extensions.extend(_items(value))
     if b"upgrade" not in connection:
         raise ProtocolError("WebSocket handshake without Connection: upgrade")
     if version != b"13":
@@ -117,6 +118,28 @@ def parse_handshake(request: Request) -> Handshake:
     if len(raw) != 16:
         raise ProtocolError("invalid Sec-WebSocket-Key")
     return Handshake(key, subprotocols, extensions)
+
+
+def parse_h2_handshake(request: Request) -> Handshake:
+    """Check a WebSocket's extended CONNECT over HTTP/2 (RFC 8441 section
+    5): the version and offers as in RFC 6455, no key and no Upgrade."""
+    version: bytes | None = None
+    subprotocols: list[str] = []
+    extensions: list[str] = []
+    for name, value in request.headers:
+        if name == b"sec-websocket-version":
+            if version is not None:
+                raise ProtocolError("more than one Sec-WebSocket-Version")
+            version = value.strip()
+        elif name == b"sec-websocket-protocol":
+            subprotocols.extend(_items(value))
+        elif name == b"sec-websocket-extensions":
+            extensions.extend(_items(value))
+    if version != b"13":
+        raise ProtocolError(
+            "unsupported Sec-WebSocket-Version", 426, ((b"sec-websocket-version", b"13"),)
+        )
+    return Handshake(b"", subprotocols, extensions)
 
 
 def accept_token(key: bytes) -> bytes:
