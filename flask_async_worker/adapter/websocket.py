@@ -318,12 +318,6 @@ def _async_route(f: Callable[..., Any]) -> Callable[..., Any]:
             await f(ws, *args, **kwargs)
         except ConnectionClosed:
             pass
-        except Exception:
-            # Flask logs it and answers 500, which nobody can see now: the
-            # client learns from the close code.
-            if ws.connected:
-                await ws.close(1011, "internal error")
-            raise
         if ws.connected:
             await ws.close()
         return Response(status=101)
@@ -339,13 +333,6 @@ def _sync_route(f: Callable[..., Any]) -> Callable[..., Any]:
             f(ws, *args, **kwargs)
         except ConnectionClosed:
             pass
-        except Exception:
-            if ws.connected:
-                try:
-                    ws.close(1011, "internal error")
-                except ConnectionClosed:
-                    pass
-            raise
         if ws.connected:
             try:
                 ws.close()
@@ -446,6 +433,7 @@ async def serve_websocket(
     if not adapter.not_native and _is_async(app, environ):
         ctx = app.request_context(environ)
         response = await adapter.dispatch.handle(ctx)
+        failed = response.status_code >= 500
         if ws.state == CONNECTING:
             # The refusal goes out in one message: a client that resets as
             # soon as it has read the status must not cut a streamed body.
@@ -467,13 +455,16 @@ async def serve_websocket(
             await _deny(scope, send, 503, b"Too many WebSocket connections\n")
             return
         result = await pool.run(_run_wsgi, app, environ)
+        failed = result is not None and result[0] >= 500
         if ws.state == CONNECTING and result is not None:
             status, headers, body = result
             denial = _denial(scope, send)
             await denial({"type": "http.response.start", "status": status, "headers": headers})
             await denial({"type": "http.response.body", "body": body})
     if ws.state == OPEN:
-        await ws.close()
+        # The handler returned (1000) or raised: Flask logged it and made
+        # a 500 nobody can see now, so the close code says it (1011).
+        await ws.close(1011 if failed else 1000, "internal error" if failed else None)
 
 
 async def _collect(
@@ -534,8 +525,9 @@ def _is_async(app: Flask, environ: dict[str, Any]) -> bool:
 
 
 def _run_wsgi(app: Flask, environ: dict[str, Any]) -> tuple[int, list[Any], bytes] | None:
-    """Flask's ``wsgi_app`` in a pool thread; the response, kept only in
-    case it refuses the handshake (a hook answered before the view)."""
+    """Flask's ``wsgi_app`` in a pool thread: the response if it refuses
+    the handshake (a hook answered before the view), only its status once
+    the handshake was accepted (a 500 means the handler raised)."""
     started: list[Any] = []
 
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -547,7 +539,8 @@ def _run_wsgi(app: Flask, environ: dict[str, Any]) -> tuple[int, list[Any], byte
     size = 0
     try:
         if environ[WS_KEY].state != CONNECTING:
-            return None
+            # Accepted: only whether the handler failed matters.
+            return (_status(started), [], b"") if started else None
         for chunk in result:
             if size < DENIAL_BODY_LIMIT:
                 chunks.append(chunk)
@@ -558,13 +551,17 @@ def _run_wsgi(app: Flask, environ: dict[str, Any]) -> tuple[int, list[Any], byte
             close()
     if not started:
         return None
-    status = int(str(started[0]).split(" ", 1)[0])
+    status = _status(started)
     headers = [
         (k.lower().encode("latin-1"), v.encode("latin-1"))
         for k, v in started[1]
         if k.lower() not in ("content-length", "transfer-encoding", "connection")
     ]
     return status, headers, b"".join(chunks)[:DENIAL_BODY_LIMIT]
+
+
+def _status(started: list[Any]) -> int:
+    return int(str(started[0]).split(" ", 1)[0])
 
 
 def _denial(scope: Scope, send: Send) -> Send:
