@@ -500,7 +500,16 @@ class HTTPConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        if self.h2 is not None:
+        if self.ws is not None:
+            # A WebSocket client that sends (pings) but reads nothing: the
+            # socket pauses (see WebSocketCycle.may_read) and the send
+            # deadline applies, as for a response nobody reads, unless a
+            # ping deadline comes first.
+            timeout = self.settings.extra.send_timeout
+            if self.deadline_kind == NO_DEADLINE or self.deadline > self.loop.time() + timeout:
+                self._send_mark = self.transport.get_write_buffer_size()
+                self.set_deadline(SEND, timeout)
+        elif self.h2 is not None:
             # Streams wait in their outboxes; reading stops too, so a client
             # that sends requests (or PINGs) but reads nothing cannot make
             # the answers pile up.  The connection's send deadline applies.
@@ -511,6 +520,7 @@ class HTTPConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         if self.ws is not None:
+            self.clear_deadline(SEND)
             self.ws.writable()
         h2 = self.h2
         if h2 is not None:

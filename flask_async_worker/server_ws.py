@@ -397,8 +397,11 @@ class WebSocketCycle(WebSocketProtocol):
 
     def writable(self) -> None:
         """The client read what was queued for it."""
-        if self.state == OPEN and self.may_read():
-            self.conn.resume_reading()
+        if self.state == OPEN:
+            if self.may_read():
+                self.conn.resume_reading()
+            if self.conn.deadline_kind == NO_DEADLINE:
+                self._arm_ping()
 
     def _arm_ping(self) -> None:
         interval = self.conn.settings.extra.ws_ping_interval

@@ -30,7 +30,7 @@ from wsproto.events import (
     TextMessage,
 )
 from wsproto.extensions import Extension, PerMessageDeflate
-from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol
+from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 
 from .errors import ProtocolError
 from .events import Headers, Request
@@ -105,10 +105,7 @@ def parse_handshake(request: Request) -> Handshake:
             extensions.extend(_items(value))
     if b"upgrade" not in connection:
         raise ProtocolError("WebSocket handshake without Connection: upgrade")
-    if version != b"13":
-        raise ProtocolError(
-            "unsupported Sec-WebSocket-Version", 426, ((b"sec-websocket-version", b"13"),)
-        )
+    _check_version(version)
     if key is None:
         raise ProtocolError("WebSocket handshake without Sec-WebSocket-Key")
     try:
@@ -135,22 +132,42 @@ def parse_h2_handshake(request: Request) -> Handshake:
             subprotocols.extend(_items(value))
         elif name == b"sec-websocket-extensions":
             extensions.extend(_items(value))
+    _check_version(version)
+    return Handshake(b"", subprotocols, extensions)
+
+
+def _check_version(version: bytes | None) -> None:
+    if version is None:
+        raise ProtocolError("WebSocket handshake without Sec-WebSocket-Version")
     if version != b"13":
+        # RFC 6455 section 4.4: say which version this server speaks.
         raise ProtocolError(
             "unsupported Sec-WebSocket-Version", 426, ((b"sec-websocket-version", b"13"),)
         )
-    return Handshake(b"", subprotocols, extensions)
 
 
 def accept_token(key: bytes) -> bytes:
     return base64.b64encode(hashlib.sha1(key + _GUID).digest())
 
 
+_DEFLATE_PARAMS = frozenset(
+    (
+        "server_no_context_takeover",
+        "client_no_context_takeover",
+        "server_max_window_bits",
+        "client_max_window_bits",
+    )
+)
+
+
 def negotiate_deflate(offers: list[str], max_message_size: int) -> BoundedDeflate | None:
     """The permessage-deflate extension for the first acceptable offer."""
     for offer in offers:
-        if offer.split(";", 1)[0].strip().lower() != PerMessageDeflate.name:
+        name, *params = (p.strip() for p in offer.split(";"))
+        if name.lower() != PerMessageDeflate.name:
             continue
+        if any(p.split("=", 1)[0].strip().lower() not in _DEFLATE_PARAMS for p in params):
+            continue  # RFC 7692 section 5: an offer with unknown parameters is declined
         ext = BoundedDeflate(max_message_size)
         if ext.accept(offer) is not None:
             return ext
@@ -195,6 +212,7 @@ class BoundedDeflate(PerMessageDeflate):
         super().__init__()
         self.max_message_size = max_message_size
         self._inflated = 0
+        self._control = False
         self.accept_params = ""
 
     def accept(self, offer: str) -> bool | str | None:
@@ -203,9 +221,29 @@ class BoundedDeflate(PerMessageDeflate):
             self.accept_params = result
         return result
 
+    def frame_inbound_header(
+        self,
+        proto: FrameDecoder | FrameProtocol,
+        opcode: Opcode,
+        rsv: RsvBits,
+        payload_length: int,
+    ) -> CloseReason | RsvBits:
+        # A control frame may come between a compressed message's fragments
+        # (RFC 6455 section 5.4); wsproto's bookkeeping would then forget
+        # that the message is compressed (or take the next one for plain).
+        # Control frames are never compressed: they leave the state alone.
+        self._control = opcode.iscontrol()
+        if self._control:
+            if rsv.rsv1:
+                return CloseReason.PROTOCOL_ERROR
+            return RsvBits(True, False, False)
+        return super().frame_inbound_header(proto, opcode, rsv, payload_length)
+
     def frame_inbound_payload_data(
         self, proto: FrameDecoder | FrameProtocol, data: bytes
     ) -> bytes | CloseReason:
+        if self._control:
+            return data
         if not self._inbound_compressed or not self._inbound_is_compressible:
             return data
         decompressor = self._decompressor
@@ -223,6 +261,8 @@ class BoundedDeflate(PerMessageDeflate):
     def frame_inbound_complete(
         self, proto: FrameDecoder | FrameProtocol, fin: bool
     ) -> bytes | CloseReason | None:
+        if self._control:
+            return None
         if fin:
             self._inflated = 0
         return super().frame_inbound_complete(proto, fin)
@@ -278,7 +318,11 @@ class WSDriver:
                 if self.closed is not None:
                     continue
                 chunk = event.data  # type: ignore[attr-defined]
-                self._size += len(chunk)
+                size = len(chunk)
+                if kind is TextMessage and self._size + 4 * size > self.max_message_size:
+                    # The limit is in bytes; a character is up to four.
+                    size = len(chunk.encode("utf-8"))
+                self._size += size
                 if self._size > self.max_message_size:
                     self._fail(CloseReason.MESSAGE_TOO_BIG, "message too big")
                     events.append(self.closed)
