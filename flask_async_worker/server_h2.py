@@ -147,7 +147,10 @@ class H2Session:
             try:
                 handshake = parse_h2_handshake(request)
             except ProtocolError as exc:
-                self._refuse(StreamRefused(sid, exc.status, exc.detail))
+                conn.server.log.warning(
+                    "Invalid request from ip=%s: %s", conn.client_ip, exc.detail
+                )
+                self.answer(sid, exc.status, exc.headers)
                 return
             stream = H2WebSocket(self, sid, request, handshake)
         else:
@@ -160,13 +163,14 @@ class H2Session:
         conn.server.log.warning("Invalid request from ip=%s: %s", conn.client_ip, event.detail)
         self.answer(event.stream_id, event.status)
 
-    def answer(self, sid: int, status: int) -> None:
+    def answer(self, sid: int, status: int, extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         """The server's own short error response on one stream."""
         body = b"%d %s\n" % (status, ProtocolError("", status).reason.encode())
         headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", b"%d" % len(body)),
             (b"date", self.conn.server.date),
+            *extra,
         ]
         driver = self.driver
         if driver.send_headers(sid, status, headers, end_stream=False):
@@ -233,7 +237,7 @@ class H2Session:
         self.streams.pop(sid, None)
         self.pending.pop(sid, None)
         server = conn.server
-        server.request_finished(stream)
+        stream.log_finished()
         driver = self.driver
         if driver.remote_open(sid):
             # RFC 9113 section 8.1: answered before the body was sent; tell
@@ -347,6 +351,10 @@ class H2Stream(RequestCycle):
 
     def begin_drain(self) -> None:
         """Graceful stop: a request stream finishes as it is."""
+
+    def log_finished(self) -> None:
+        """Count and log the request (access log, post_request, max_requests)."""
+        self.conn.server.request_finished(self)
 
     def wake_sender(self) -> None:
         waiter = self.send_waiter
@@ -513,6 +521,7 @@ class H2WebSocket(WebSocketProtocol, H2Stream):
         "inbox",
         "inbox_size",
         "last_seen",
+        "logged",
         "ping_sent",
         "state",
         "timer",
@@ -524,9 +533,24 @@ class H2WebSocket(WebSocketProtocol, H2Stream):
     ) -> None:
         super().__init__(session, stream_id, request)
         self._init_websocket(handshake)
+        self.logged = False
         self.last_seen = 0.0
         self.ping_sent = 0.0
         self.timer: asyncio.TimerHandle | None = None
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        finally:
+            if self.ws is not None:
+                # Also when the stream did not end in order (a reset, a
+                # dropped connection): the WebSocket is still one request.
+                self.log_finished()
+
+    def log_finished(self) -> None:
+        if not self.logged:
+            self.logged = True
+            super().log_finished()
 
     # -- fed by the session --------------------------------------------------------
 

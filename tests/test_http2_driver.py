@@ -204,7 +204,19 @@ BASE = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a.exampl
         ([(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/")], 400),  # no host
         ([*BASE[:2], (b":authority", b"us@er"), (b":path", b"/")], 400),
         ([(b":method", b"G T"), *BASE[1:], (b":path", b"/")], 400),
-        ([*BASE, (b":path", b"/"), (b":protocol", b"websocket")], 501),
+        # RFC 8441: :protocol belongs to CONNECT, and only WebSocket is served.
+        ([*BASE, (b":path", b"/"), (b":protocol", b"websocket")], 400),
+        ([(b":method", b"CONNECT"), *BASE[1:], (b":path", b"/"), (b":protocol", b"h3")], 501),
+        (
+            [
+                (b":method", b"CONNECT"),
+                *BASE[1:],
+                (b":path", b"/"),
+                (b":protocol", b"websocket"),
+                (b":protocol", b"websocket"),
+            ],
+            400,
+        ),
     ],
 )
 def test_malformed_requests_are_refused_on_their_stream(headers, status):
@@ -219,6 +231,32 @@ def test_malformed_requests_are_refused_on_their_stream(headers, status):
     assert not any(isinstance(e, StreamRequest) for e in events)
     pair.request(b"/ok")
     assert any(isinstance(e, StreamRequest) for e in pair.to_server())
+
+
+def test_extended_connect_for_websocket_is_announced_and_accepted():
+    """RFC 8441: the server's SETTINGS allow extended CONNECT, and a
+    WebSocket's CONNECT stream reaches the server as an upgrade request
+    whose stream stays open for the frames."""
+    pair = Pair()
+    assert pair.client.remote_settings[h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL] == 1
+    sid = pair.client.get_next_available_stream_id()
+    pair.client.send_headers(
+        sid,
+        [
+            (b":method", b"CONNECT"),
+            (b":protocol", b"websocket"),
+            (b":scheme", b"https"),
+            (b":path", b"/chat?room=1"),
+            (b":authority", b"a.example"),
+            (b"sec-websocket-version", b"13"),
+        ],
+    )
+    events = pair.to_server()
+    start = next(e for e in events if isinstance(e, StreamRequest))
+    request = start.request
+    assert (request.method, request.path, request.query) == (b"CONNECT", b"/chat", b"room=1")
+    assert request.upgrade and request.has_body
+    assert not any(isinstance(e, (StreamRefused, StreamEnd)) for e in events)
 
 
 def test_te_trailers_and_host_alone_are_accepted():
