@@ -15,8 +15,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -220,3 +223,153 @@ def status_of(response: bytes) -> int:
     match = re.match(rb"HTTP/1\.[01] (\d{3})", response)
     assert match, f"not an HTTP response: {response[:200]!r}"
     return int(match.group(1))
+
+
+@contextmanager
+def serving(started: dict[str, Gunicorn]) -> Iterator[dict[str, Gunicorn]]:
+    """Servers started with ``wait=False`` (so they boot in parallel), ready
+    inside the block and stopped after it."""
+    try:
+        for server in started.values():
+            server.wait_ready()
+        yield started
+    finally:
+        for server in started.values():
+            server.close()
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """A throw-away CA and a server certificate for 127.0.0.1/localhost."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    authority: Any  # trustme.CA, to issue more (client certificates)
+
+
+def tls_files(path: Path) -> TLSFiles:
+    import trustme
+
+    authority = trustme.CA()
+    server = authority.issue_cert("127.0.0.1", "localhost")
+    files = TLSFiles(path / "ca.pem", path / "server.pem", path / "server.key", authority)
+    authority.cert_pem.write_to_path(str(files.ca))
+    server.private_key_pem.write_to_path(str(files.key))
+    with open(files.cert, "wb") as f:
+        for blob in server.cert_chain_pems:
+            f.write(blob.bytes())
+    return files
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+#: For browser tests: skipped, with the way to fix it, where Chromium is missing.
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason=f"{CHROMIUM} is missing and was not installed (`make system-deps` installs "
+    "the Debian chromium package)",
+)
+
+
+def launch_chromium(playwright: Any) -> Any:
+    """Headless Chromium from Debian's package, through playwright."""
+    return playwright.chromium.launch(
+        executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, timeout=30_000
+    )
+
+
+class SocketClient:
+    """A hand-driven protocol client on a blocking socket to 127.0.0.1:
+    subclasses parse what :meth:`read` receives (``_feed``) and describe
+    their state for failure messages (``summary``)."""
+
+    #: Most bytes one read takes.
+    read_size = 65536
+    #: How long :meth:`wait` waits unless told.
+    wait_timeout = 3.0
+
+    def __init__(self, port: int, *, rcvbuf: int | None = None, timeout: float = 3.0) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(timeout)
+        sock.connect(("127.0.0.1", port))
+        self.sock = sock
+        self.closed = False  # the server closed (or reset) the connection
+        self.peer_reset = False
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def send_raw(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            # The server already gave up on the connection; what it said
+            # before is still readable, or the reads report the close.
+            pass
+
+    def _feed(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def summary(self) -> list[str]:
+        return []
+
+    def read(self, timeout: float) -> None:
+        if self.closed:
+            return
+        self.sock.settimeout(max(timeout, 0.01))
+        try:
+            data = self.sock.recv(self.read_size)
+        except TimeoutError:
+            return
+        except ConnectionResetError:
+            self.peer_reset = True
+            data = b""
+        if not data:
+            self.closed = True
+            return
+        self._feed(data)
+
+    def wait(
+        self, predicate: Callable[[], bool], timeout: float | None = None, what: str = ""
+    ) -> float:
+        """Read until ``predicate()`` holds (``wait_timeout`` seconds unless
+        told); the seconds it took."""
+        timeout = self.wait_timeout if timeout is None else timeout
+        start = time.monotonic()
+        deadline = start + timeout
+        while not predicate():
+            left = deadline - time.monotonic()
+            if left <= 0 or self.closed:
+                state = "closed" if self.closed else "open"
+                raise AssertionError(
+                    f"{what or 'condition'} not met in {timeout}s (connection {state}); "
+                    f"seen: {self.summary()}"
+                )
+            self.read(min(left, 0.5))
+        return time.monotonic() - start
+
+    def wait_closed(self, timeout: float = 3.0) -> float:
+        """Seconds until the server closed the connection."""
+        start = time.monotonic()
+        deadline = start + timeout
+        while not self.closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"not closed within {timeout}s; seen: {self.summary()}")
+            self.read(left)
+        return time.monotonic() - start

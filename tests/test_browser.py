@@ -11,46 +11,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-import trustme
 from playwright.sync_api import Browser, sync_playwright
 
-from .conftest import EXAMPLES
+from .conftest import EXAMPLES, launch_chromium, needs_chromium, tls_files
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-pytestmark = [
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason=f"{CHROMIUM} is missing and was not installed (`make system-deps` installs "
-        "the Debian chromium package)",
-    ),
-    pytest.mark.timeout(60),
-]
+pytestmark = [needs_chromium, pytest.mark.timeout(60)]
 
 
 @pytest.fixture
 def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            timeout=30_000,
-        )
+        browser = launch_chromium(playwright)
         try:
             yield browser
         finally:
@@ -113,19 +87,15 @@ def test_sse_over_http2_in_the_browser_and_tab_close_resets_only_its_stream(
     """The same page over TLS with HTTP/2 negotiated by ALPN.  Closing the
     tab does not close the browser's connection (HTTP/2 shares it): Chromium
     resets the EventSource's stream, and that alone must end the generator."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    key_file, cert_file = tmp_path / "key.pem", tmp_path / "cert.pem"
-    cert.private_key_pem.write_to_path(str(key_file))
-    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    tls = tls_files(tmp_path)
     server = gunicorn(
         "sse:app",
         "--http-protocols",
         "h2,h1",
         "--certfile",
-        str(cert_file),
+        str(tls.cert),
         "--keyfile",
-        str(key_file),
+        str(tls.key),
         cwd=EXAMPLES,
     )
     url = f"https://127.0.0.1:{server.port}"

@@ -21,25 +21,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-import trustme
 
-from .conftest import Gunicorn, raw_request, status_of
+from .conftest import Gunicorn, raw_request, serving, status_of, tls_files
 
 CHUNK = bytes(range(256)) * 256
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    path = tmp_path_factory.mktemp("h2certs")
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    ca_file, cert, key = path / "ca.pem", path / "server.pem", path / "server.key"
-    ca.cert_pem.write_to_path(str(ca_file))
-    server.private_key_pem.write_to_path(str(key))
-    with open(cert, "wb") as f:
-        for blob in server.cert_chain_pems:
-            f.write(blob.bytes())
-    return ca_file, cert, key
+    tls = tls_files(tmp_path_factory.mktemp("h2certs"))
+    return tls.ca, tls.cert, tls.key
 
 
 @pytest.fixture(scope="module")
@@ -71,13 +62,8 @@ def servers(
         for name, args in configs.items()
     }
     started["prior"].access_log = access  # type: ignore[attr-defined]
-    try:
-        for server in started.values():
-            server.wait_ready()
+    with serving(started):
         yield started
-    finally:
-        for server in started.values():
-            server.close()
 
 
 def h2load(*args: str, timeout: float = 60) -> str:

@@ -44,7 +44,7 @@ from hyperframe.frame import (
     SettingsFrame,
 )
 
-from .conftest import Gunicorn, closed_after, raw_request, status_of
+from .conftest import Gunicorn, SocketClient, closed_after, raw_request, status_of
 from .test_timeouts import RSSSampler, wait_until
 
 TIMEOUT = 1.0  # header, body and send timeouts
@@ -129,7 +129,7 @@ class Response:
     ended: bool = False
 
 
-class H2Client:
+class H2Client(SocketClient):
     """h2's client state machine on a blocking socket to 127.0.0.1."""
 
     def __init__(
@@ -140,12 +140,7 @@ class H2Client:
         rcvbuf: int | None = None,
         timeout: float = 3.0,
     ) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.settimeout(timeout)
-        sock.connect(("127.0.0.1", port))
-        self.sock = sock
+        super().__init__(port, rcvbuf=rcvbuf, timeout=timeout)
         config = h2.config.H2Configuration(
             client_side=True,
             header_encoding=None,
@@ -164,25 +159,10 @@ class H2Client:
         self.frames: list[Frame] = []
         self.settings_received = False
         self.in_sync = True
-        self.closed = False
         self._buf = bytearray()
         self.flush()
 
-    def __enter__(self) -> H2Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.sock.close()
-
     # -- sending -------------------------------------------------------------------
-
-    def send_raw(self, data: bytes) -> None:
-        try:
-            self.sock.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            # The server already gave up on the connection; what it said
-            # before is still readable, or the reads report the close.
-            pass
 
     def send_frames(self, *frames: Frame) -> None:
         self.send_raw(b"".join(f.serialize() for f in frames))
@@ -222,19 +202,6 @@ class H2Client:
         return sid
 
     # -- receiving -----------------------------------------------------------------
-
-    def read(self, timeout: float) -> None:
-        self.sock.settimeout(max(timeout, 0.01))
-        try:
-            data = self.sock.recv(65536)
-        except TimeoutError:
-            return
-        except ConnectionResetError:
-            data = b""
-        if not data:
-            self.closed = True
-            return
-        self._feed(data)
 
     def _feed(self, data: bytes) -> None:
         buf = self._buf
@@ -276,21 +243,6 @@ class H2Client:
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self.settings_received = True
 
-    def wait(self, predicate: Callable[[], bool], timeout: float = 3.0, what: str = "") -> float:
-        """Read until ``predicate()`` holds; the seconds it took."""
-        start = time.monotonic()
-        deadline = start + timeout
-        while not predicate():
-            left = deadline - time.monotonic()
-            if left <= 0 or self.closed:
-                state = "closed" if self.closed else "open"
-                raise AssertionError(
-                    f"{what or 'condition'} not met in {timeout}s (connection {state}); "
-                    f"frames: {self.summary()}"
-                )
-            self.read(left)
-        return time.monotonic() - start
-
     def handshake(self) -> H2Client:
         self.wait(lambda: self.settings_received, what="server SETTINGS")
         return self
@@ -298,17 +250,6 @@ class H2Client:
     def response(self, sid: int, timeout: float = 3.0) -> Response:
         self.wait(lambda: self.responses[sid].ended, timeout, f"end of stream {sid}")
         return self.responses[sid]
-
-    def wait_closed(self, timeout: float = 3.0) -> float:
-        """Seconds until the server closed the connection."""
-        start = time.monotonic()
-        deadline = start + timeout
-        while not self.closed:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"not closed within {timeout}s; frames: {self.summary()}")
-            self.read(left)
-        return time.monotonic() - start
 
     def goaway(self) -> GoAwayFrame | None:
         for frame in self.frames:

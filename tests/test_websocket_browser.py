@@ -12,54 +12,33 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-import trustme
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from .conftest import Gunicorn
-from .test_browser import CHROMIUM, CHROMIUM_ARGS
+from .conftest import Gunicorn, launch_chromium, needs_chromium, serving, tls_files
 
-pytestmark = [
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason=f"{CHROMIUM} is missing and was not installed (`make system-deps` installs "
-        "the Debian chromium package)",
-    ),
-    pytest.mark.timeout(60),
-]
+pytestmark = [needs_chromium, pytest.mark.timeout(60)]
 
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Gunicorn]]:
-    path: Path = tmp_path_factory.mktemp("wsbrowsercerts")
-    cert = trustme.CA().issue_cert("127.0.0.1")
-    key_file, cert_file = path / "key.pem", path / "cert.pem"
-    cert.private_key_pem.write_to_path(str(key_file))
-    cert.cert_chain_pems[0].write_to_path(str(cert_file))
-    started = {
-        "http": Gunicorn("ws_app:app", wait=False),
-        "https": Gunicorn(
-            "ws_app:app", "--certfile", str(cert_file), "--keyfile", str(key_file), wait=False
-        ),
-    }
-    try:
-        for server in started.values():
-            server.wait_ready()
+    tls = tls_files(tmp_path_factory.mktemp("wsbrowsercerts"))
+    tls_args = ("--certfile", str(tls.cert), "--keyfile", str(tls.key))
+    with serving(
+        {
+            "http": Gunicorn("ws_app:app", wait=False),
+            "https": Gunicorn("ws_app:app", *tls_args, wait=False),
+        }
+    ) as started:
         yield started
-    finally:
-        for server in started.values():
-            server.close()
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, timeout=30_000
-        )
+        browser = launch_chromium(playwright)
         try:
             yield browser
         finally:

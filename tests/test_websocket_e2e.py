@@ -30,11 +30,10 @@ from typing import Any
 
 import httpx
 import pytest
-import trustme
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
-from .conftest import Gunicorn
+from .conftest import Gunicorn, serving, tls_files
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -55,16 +54,8 @@ class NoRedirect(connect):
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    path = tmp_path_factory.mktemp("wscerts")
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    ca_file, cert, key = path / "ca.pem", path / "server.pem", path / "server.key"
-    ca.cert_pem.write_to_path(str(ca_file))
-    server.private_key_pem.write_to_path(str(key))
-    with open(cert, "wb") as f:
-        for blob in server.cert_chain_pems:
-            f.write(blob.bytes())
-    return ca_file, cert, key
+    tls = tls_files(tmp_path_factory.mktemp("wscerts"))
+    return tls.ca, tls.cert, tls.key
 
 
 @pytest.fixture(scope="module")
@@ -102,13 +93,8 @@ def servers(
         ),
     }  # fmt: skip
     started["main"].access_log = access  # type: ignore[attr-defined]
-    try:
-        for server in started.values():
-            server.wait_ready()
+    with serving(started):
         yield started
-    finally:
-        for server in started.values():
-            server.close()
 
 
 @pytest.fixture(params=["uvloop", "asyncio"])

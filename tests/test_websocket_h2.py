@@ -22,10 +22,9 @@ import functools
 import json
 import os
 import signal
-import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,6 @@ import h2.events
 import h2.exceptions
 import httpx
 import pytest
-import trustme
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame
@@ -49,13 +47,12 @@ from wsproto.events import (
 )
 from wsproto.extensions import PerMessageDeflate
 
-from .conftest import Gunicorn
+from .conftest import Gunicorn, SocketClient, launch_chromium, needs_chromium, serving, tls_files
 
 MB = 1024 * 1024
 H2 = ("--http-protocols", "h2,h1", "--http2-cleartext", "prior-knowledge")
 SEND_TIMEOUT = 1.0
 PING = 0.5  # the strict server's ping interval and pong timeout
-CHROMIUM = Path("/usr/bin/chromium")
 GOAWAY_TYPE = 0x7
 
 Header = tuple[bytes, bytes]
@@ -95,13 +92,8 @@ def servers(access_log: Path) -> Iterator[dict[str, Gunicorn]]:
             wait=False,
         ),
     }
-    try:
-        for server in started.values():
-            server.wait_ready()
+    with serving(started):
         yield started
-    finally:
-        for server in started.values():
-            server.close()
 
 
 @pytest.fixture(scope="module")
@@ -159,8 +151,11 @@ class Stream:
         return self.ended or self.reset is not None
 
 
-class Client:
+class Client(SocketClient):
     """h2 (client side) plus wsproto per stream, on a blocking socket."""
+
+    read_size = 256 * 1024
+    wait_timeout = 5.0
 
     def __init__(
         self,
@@ -171,12 +166,7 @@ class Client:
         rcvbuf: int | None = None,
         send_timeout: float = 5.0,
     ) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.settimeout(5)
-        sock.connect(("127.0.0.1", port))
-        self.sock = sock
+        super().__init__(port, rcvbuf=rcvbuf, timeout=5.0)
         self.authority = f"127.0.0.1:{port}".encode()
         self.acknowledge = acknowledge
         self.send_timeout = send_timeout
@@ -195,16 +185,9 @@ class Client:
         self.settings: dict[int, int] = {}
         self.settings_received = False
         self.goaway: GoAwayFrame | None = None
-        self.closed = False
         self.send_blocked = False
         self._buf = bytearray()
         self.flush()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.sock.close()
 
     # -- sending -------------------------------------------------------------------
 
@@ -317,19 +300,6 @@ class Client:
 
     # -- receiving -----------------------------------------------------------------
 
-    def read(self, timeout: float) -> None:
-        self.sock.settimeout(max(timeout, 0.01))
-        try:
-            data = self.sock.recv(256 * 1024)
-        except TimeoutError:
-            return
-        except ConnectionResetError:
-            data = b""
-        if not data:
-            self.closed = True
-            return
-        self._feed(data)
-
     def _feed(self, data: bytes) -> None:
         # h2 closes its state machine on GOAWAY and refuses every frame
         # after it; the server goes on serving the open streams, so the
@@ -424,21 +394,6 @@ class Client:
                     stream.outbox += ws.send(event.response())
 
     # -- waiting -------------------------------------------------------------------
-
-    def wait(self, predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> float:
-        """Read until ``predicate()`` holds; the seconds it took."""
-        start = time.monotonic()
-        deadline = start + timeout
-        while not predicate():
-            left = deadline - time.monotonic()
-            if left <= 0 or self.closed:
-                state = "closed" if self.closed else "open"
-                raise AssertionError(
-                    f"{what or 'condition'} not met in {timeout}s (connection {state}); "
-                    f"streams: {self.summary()}"
-                )
-            self.read(min(left, 0.5))
-        return time.monotonic() - start
 
     def handshake(self) -> Client:
         self.wait(lambda: self.settings_received, what="server SETTINGS")
@@ -927,45 +882,27 @@ def test_graceful_stop_closes_1001_and_the_worker_exits(gunicorn):
 # -- a browser -------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing")
+@needs_chromium
 def test_chromium_websocket_over_tls(gunicorn, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    key_file, cert_file = tmp_path / "key.pem", tmp_path / "cert.pem"
-    cert.private_key_pem.write_to_path(str(key_file))
-    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    tls = tls_files(tmp_path)
     log = tmp_path / "access.log"
     server = gunicorn(
         "ws_app:app",
         "--http-protocols",
         "h2,h1",
         "--certfile",
-        str(cert_file),
+        str(tls.cert),
         "--keyfile",
-        str(key_file),
+        str(tls.key),
         "--access-logfile",
         str(log),
     )
     name = f"browser-{tag()}"
     url = f"https://127.0.0.1:{server.port}"
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-            timeout=30_000,
-        )
+        browser = launch_chromium(playwright)
         try:
             context = browser.new_context(ignore_https_errors=True)
             page = context.new_page()

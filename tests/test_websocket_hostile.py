@@ -28,7 +28,7 @@ from collections.abc import Iterator
 import pytest
 from websockets.sync.client import connect
 
-from .conftest import Gunicorn, raw_request, status_of
+from .conftest import Gunicorn, SocketClient, raw_request, status_of
 from .test_http2_hostile import (
     assert_logged_once,
     holds_socket,
@@ -148,9 +148,11 @@ def handshake_request(
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-class WSClient:
+class WSClient(SocketClient):
     """One WebSocket over a blocking socket: the handshake, then raw frames
     out and every frame the server sends parsed as it comes."""
+
+    read_size = 256 * 1024
 
     def __init__(
         self,
@@ -162,16 +164,10 @@ class WSClient:
         rcvbuf: int | None = None,
         timeout: float = 3.0,
     ) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.settimeout(timeout)
-        sock.connect(("127.0.0.1", port))
-        self.sock = sock
+        super().__init__(port, rcvbuf=rcvbuf, timeout=timeout)
+        sock = self.sock
         self.buf = b""
         self.frames: list[Frame] = []
-        self.closed = False  # the server closed (or reset) the TCP connection
-        self.reset = False
         sock.sendall(handshake_request(path, extra=extra) + pipelined)
         while b"\r\n\r\n" not in self.buf:
             chunk = sock.recv(65536)
@@ -186,23 +182,12 @@ class WSClient:
         assert self.status == 101, head
         self._parse()  # frames that came with the 101
 
-    def __enter__(self) -> WSClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.sock.close()
-
     @property
     def port(self) -> int:
         return int(self.sock.getsockname()[1])
 
     def send(self, data: bytes) -> None:
-        try:
-            self.sock.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            # The server gave up on the connection; what it said before
-            # is still readable, or the reads report the close.
-            pass
+        self.send_raw(data)
 
     def send_frame(self, opcode: int, payload: bytes = b"", **kwargs: bool) -> None:
         self.send(frame(opcode, payload, **kwargs))
@@ -227,22 +212,12 @@ class WSClient:
             buf = buf[start + n :]
         self.buf = buf
 
-    def read(self, timeout: float) -> None:
-        if self.closed:
-            return
-        self.sock.settimeout(max(timeout, 0.01))
-        try:
-            data = self.sock.recv(256 * 1024)
-        except TimeoutError:
-            return
-        except ConnectionResetError:
-            self.reset = True
-            data = b""
-        if not data:
-            self.closed = True
-            return
+    def _feed(self, data: bytes) -> None:
         self.buf += data
         self._parse()
+
+    def summary(self) -> list[str]:
+        return [repr(f) for f in self.frames[-10:]]
 
     def next_frame(self, timeout: float = 3.0, *, answer_pings: bool = False) -> Frame:
         """The next data or close frame (pings answered when asked to)."""
@@ -266,17 +241,6 @@ class WSClient:
         assert f.opcode in (TEXT, BINARY) and f.fin, f
         return f.payload
 
-    def wait_closed(self, timeout: float = 3.0) -> float:
-        """Seconds until the server closed the TCP connection."""
-        start = time.monotonic()
-        deadline = start + timeout
-        while not self.closed:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"not closed within {timeout}s; frames: {self.frames}")
-            self.read(left)
-        return time.monotonic() - start
-
     def close_frame(self, timeout: float = 3.0) -> Frame:
         """The server's close frame; what came before it is dropped."""
         deadline = time.monotonic() + timeout
@@ -286,7 +250,7 @@ class WSClient:
                 return closes[0]
             left = deadline - time.monotonic()
             if left <= 0 or self.closed:
-                state = "reset" if self.reset else "closed" if self.closed else "open"
+                state = "reset" if self.peer_reset else "closed" if self.closed else "open"
                 raise AssertionError(f"no close frame in {timeout}s (connection {state})")
             self.read(left)
 
