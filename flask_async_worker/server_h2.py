@@ -46,7 +46,7 @@ from .server import (
     ClientDisconnected,
     RequestCycle,
 )
-from .server_ws import CLOSE_SENT, CLOSED, OPEN, WebSocketProtocol
+from .server_ws import CLOSE_SENT, CLOSED, OPEN, WS_SLOTS, WebSocketProtocol
 
 if TYPE_CHECKING:
     from .server import HTTPConnection
@@ -514,19 +514,7 @@ class H2WebSocket(WebSocketProtocol, H2Stream):
     stream's own, since the connection's deadline is shared.
     """
 
-    __slots__ = (
-        "closed_info",
-        "connect_sent",
-        "handshake",
-        "inbox",
-        "inbox_size",
-        "last_seen",
-        "logged",
-        "ping_sent",
-        "state",
-        "timer",
-        "ws",
-    )
+    __slots__ = (*WS_SLOTS, "last_seen", "logged", "ping_sent", "timer")
 
     def __init__(
         self, session: H2Session, stream_id: int, request: Request, handshake: Handshake

@@ -315,18 +315,14 @@ class WebSocketProtocol(RequestCycle):
         super().on_disconnect()
 
 
+#: The fields of WebSocketProtocol, declared by each concrete class.
+WS_SLOTS = ("closed_info", "connect_sent", "handshake", "inbox", "inbox_size", "state", "ws")
+
+
 class WebSocketCycle(WebSocketProtocol):
     """A WebSocket over an HTTP/1.1 connection (the 101 handshake)."""
 
-    __slots__ = (
-        "closed_info",
-        "connect_sent",
-        "handshake",
-        "inbox",
-        "inbox_size",
-        "state",
-        "ws",
-    )
+    __slots__ = WS_SLOTS
 
     def __init__(self, conn: HTTPConnection, request: Request, handshake: Handshake) -> None:
         super().__init__(conn, request)

@@ -83,6 +83,33 @@ def parse_handshake(request: Request) -> Handshake:
         raise ProtocolError("WebSocket handshake needs HTTP/1.1")
     if request.has_body:
         raise ProtocolError("WebSocket handshake with a request body")
+    key, version, connection, subprotocols, extensions = _handshake_fields(request)
+    if b"upgrade" not in connection:
+        raise ProtocolError("WebSocket handshake without Connection: upgrade")
+    _check_version(version)
+    if key is None:
+        raise ProtocolError("WebSocket handshake without Sec-WebSocket-Key")
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 16:
+        raise ProtocolError("invalid Sec-WebSocket-Key")
+    return Handshake(key, subprotocols, extensions)
+
+
+def parse_h2_handshake(request: Request) -> Handshake:
+    """Check a WebSocket's extended CONNECT over HTTP/2 (RFC 8441 section
+    5): the version and offers as in RFC 6455, no key and no Upgrade."""
+    _, version, _, subprotocols, extensions = _handshake_fields(request)
+    _check_version(version)
+    return Handshake(b"", subprotocols, extensions)
+
+
+def _handshake_fields(
+    request: Request,
+) -> tuple[bytes | None, bytes | None, list[bytes], list[str], list[str]]:
+    """Key, version, Connection tokens, subprotocols and extension offers."""
     key: bytes | None = None
     version: bytes | None = None
     connection: list[bytes] = []
@@ -103,37 +130,7 @@ def parse_handshake(request: Request) -> Handshake:
             subprotocols.extend(_items(value))
         elif name == b"sec-websocket-extensions":
             extensions.extend(_items(value))
-    if b"upgrade" not in connection:
-        raise ProtocolError("WebSocket handshake without Connection: upgrade")
-    _check_version(version)
-    if key is None:
-        raise ProtocolError("WebSocket handshake without Sec-WebSocket-Key")
-    try:
-        raw = base64.b64decode(key, validate=True)
-    except (binascii.Error, ValueError):
-        raw = b""
-    if len(raw) != 16:
-        raise ProtocolError("invalid Sec-WebSocket-Key")
-    return Handshake(key, subprotocols, extensions)
-
-
-def parse_h2_handshake(request: Request) -> Handshake:
-    """Check a WebSocket's extended CONNECT over HTTP/2 (RFC 8441 section
-    5): the version and offers as in RFC 6455, no key and no Upgrade."""
-    version: bytes | None = None
-    subprotocols: list[str] = []
-    extensions: list[str] = []
-    for name, value in request.headers:
-        if name == b"sec-websocket-version":
-            if version is not None:
-                raise ProtocolError("more than one Sec-WebSocket-Version")
-            version = value.strip()
-        elif name == b"sec-websocket-protocol":
-            subprotocols.extend(_items(value))
-        elif name == b"sec-websocket-extensions":
-            extensions.extend(_items(value))
-    _check_version(version)
-    return Handshake(b"", subprotocols, extensions)
+    return key, version, connection, subprotocols, extensions
 
 
 def _check_version(version: bytes | None) -> None:
