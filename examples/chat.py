@@ -60,7 +60,7 @@ def index() -> str:
 
 @app.get("/stats")
 def stats() -> Response:
-    return jsonify(STATS, members=len(MEMBERS))
+    return jsonify({**STATS, "members": len(MEMBERS)})
 
 
 @app.before_request

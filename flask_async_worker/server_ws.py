@@ -1,5 +1,8 @@
-"""WebSocket connections: the ASGI ``websocket`` scope over an HTTP/1.1
-connection whose handshake the application accepted.
+"""WebSocket connections: the ASGI ``websocket`` scope.
+
+:class:`WebSocketProtocol` is the ASGI side, whatever carries it;
+:class:`WebSocketCycle` carries it over an HTTP/1.1 connection (the 101
+handshake) and ``server_h2.H2WebSocket`` over an HTTP/2 stream (RFC 8441).
 
 A :class:`WebSocketCycle` starts as any request does (``server.py`` sees
 the upgrade and checks the handshake); it is a :class:`RequestCycle`, so the

@@ -33,7 +33,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
-from .conftest import Gunicorn, serving, tls_files
+from .conftest import EXAMPLES, Gunicorn, serving, tls_files
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -650,3 +650,43 @@ async def test_max_requests_counts_websockets(gunicorn):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.1)
     assert pid == second
+
+
+# -- the chat example --------------------------------------------------------------------
+
+
+async def test_chat_example_broadcasts_and_refuses_nameless_members(gunicorn):
+    """``examples/chat.py``: every member gets every message in order, a
+    handshake without a name is refused by the app's before_request hook,
+    and members that leave are counted."""
+    server = gunicorn("chat:app", cwd=EXAMPLES)
+    base = f"ws://127.0.0.1:{server.port}/ws"
+
+    async def next_text(ws: ClientConnection) -> dict[str, str]:
+        message = await asyncio.wait_for(ws.recv(), 5)
+        assert isinstance(message, str)
+        return dict(json.loads(message))
+
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(base):
+            pass
+    assert refused.value.response.status_code == 400
+    async with connect(f"{base}?name=ann") as ann:
+        assert await next_text(ann) == {"from": "server", "text": "ann joined"}
+        async with connect(f"{base}?name=bob") as bob:
+            assert await next_text(bob) == {"from": "server", "text": "bob joined"}
+            assert await next_text(ann) == {"from": "server", "text": "bob joined"}
+            for n in range(3):
+                await bob.send(f"hello {n}")
+            for member in (ann, bob):
+                got = [await next_text(member) for _ in range(3)]
+                assert got == [{"from": "bob", "text": f"hello {n}"} for n in range(3)]
+        assert await next_text(ann) == {"from": "server", "text": "bob left"}
+    deadline = time.monotonic() + 3
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        while True:
+            stats = (await client.get("/stats")).json()
+            if stats["left"] == 2 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+    assert stats["joined"] == 2 and stats["left"] == 2 and stats["members"] == 0, stats
