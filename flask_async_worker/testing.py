@@ -10,6 +10,13 @@ instead of through Flask's own ``wsgi_app``::
     from flask_async_worker.testing import AdapterTestClient
     app.test_client_class = AdapterTestClient
 
+It also opens WebSockets to the app's routes, with the client's cookies
+(a ``session`` a login request set), through the same adapter::
+
+    with client.websocket("/echo") as ws:
+        ws.send("hi")
+        assert ws.receive() == "hi"
+
 :class:`LiveServer` runs an app under a real gunicorn arbiter with the
 worker, on a free loopback port, for end-to-end tests; the pytest fixture
 ``flask_async_worker_server`` (enable with ``pytest_plugins =
@@ -38,7 +45,7 @@ from urllib.parse import quote
 from flask import Flask
 from flask.testing import FlaskClient
 
-from .adapter import FlaskAdapter
+from .adapter import ConnectionClosed, FlaskAdapter
 from .server import Message
 
 _DONE = object()
@@ -182,12 +189,165 @@ def _scope_from_environ(environ: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class WebSocketRefused(Exception):
+    """The app answered the handshake with an HTTP response."""
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        super().__init__(f"WebSocket refused with {status}")
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+class TestWebSocket:
+    """The client's end of a WebSocket to the app, served by the adapter on
+    the test loop (:meth:`AdapterTestClient.websocket`)."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, adapter: FlaskAdapter, loop: asyncio.AbstractEventLoop, scope: Any) -> None:
+        self._loop = loop
+        self._inbox: asyncio.Queue[Message] | None = None
+        self._outbox: queue.Queue[Any] = queue.Queue()
+        self.subprotocol: str | None = None
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._open = False
+        self._left = False
+
+        async def run() -> None:
+            self._inbox = asyncio.Queue()
+            self._inbox.put_nowait({"type": "websocket.connect"})
+            try:
+                await adapter(scope, self._inbox.get, self._from_app)
+            except BaseException as exc:
+                self._outbox.put(exc)
+                if not isinstance(exc, Exception):
+                    raise
+            finally:
+                self._outbox.put(_DONE)
+
+        self._future = asyncio.run_coroutine_threadsafe(run(), loop)
+
+    async def _from_app(self, message: Message) -> None:
+        if self._left:
+            raise OSError("client disconnected")  # as the server's send does
+        self._outbox.put(message)
+
+    def _next(self, timeout: float) -> Any:
+        try:
+            item = self._outbox.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"nothing from the app in {timeout}s") from None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def _to_app(self, message: Message) -> None:
+        def put() -> None:
+            assert self._inbox is not None
+            self._inbox.put_nowait(message)
+
+        self._loop.call_soon_threadsafe(put)
+
+    def accept(self, timeout: float = 5.0) -> None:
+        """Wait for the handshake's answer; :class:`WebSocketRefused` if it
+        was an HTTP response (``websocket.close`` first is a 403)."""
+        item = self._next(timeout)
+        if item is _DONE or item["type"] == "websocket.close":
+            raise WebSocketRefused(403, [], b"")
+        if item["type"] == "websocket.http.response.start":
+            headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in item["headers"]]
+            body = b""
+            while True:
+                part = self._next(timeout)
+                if part is _DONE:
+                    break
+                body += part.get("body", b"")
+                if not part.get("more_body", False):
+                    break
+            raise WebSocketRefused(item["status"], headers, body)
+        assert item["type"] == "websocket.accept", item
+        self.subprotocol = item.get("subprotocol")
+        self._open = True
+
+    def send(self, data: str | bytes) -> None:
+        key = "bytes" if isinstance(data, bytes) else "text"
+        self._to_app({"type": "websocket.receive", key: data})
+
+    def receive(self, timeout: float = 5.0) -> str | bytes:
+        """The app's next message; :class:`~flask_async_worker.ConnectionClosed`
+        when it closed (``close_code`` says how)."""
+        if not self._open:
+            raise ConnectionClosed(self.close_code or 1006, self.close_reason)
+        item = self._next(timeout)
+        if item is _DONE:
+            self._open = False
+            self.close_code = self.close_code or 1006
+        elif item["type"] == "websocket.close":
+            self._open = False
+            self.close_code = item.get("code") or 1000
+            self.close_reason = item.get("reason") or ""
+        else:
+            text = item.get("text")
+            return text if text is not None else bytes(item.get("bytes") or b"")
+        raise ConnectionClosed(self.close_code, self.close_reason)
+
+    def close(self, code: int = 1000, timeout: float = 5.0) -> None:
+        """Close from the client's side and wait for the handler to end."""
+        if self._future.done():
+            return
+        self._left = True
+        self._to_app({"type": "websocket.disconnect", "code": code, "reason": ""})
+        self._open = False
+        self._future.result(timeout)
+
+    def __enter__(self) -> TestWebSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class AdapterTestClient(FlaskClient):
     """Flask's test client, sending every request through the adapter."""
 
     def __init__(self, app: Flask, *args: Any, **kwargs: Any) -> None:
         super().__init__(app, *args, **kwargs)
         self._asgi_wsgi = ASGIToWSGI(app)
+
+    def websocket(
+        self,
+        path: str,
+        *,
+        subprotocols: list[str] | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 5.0,
+    ) -> TestWebSocket:
+        """Open a WebSocket to ``path`` (query string included) with this
+        client's cookies; accepted on return, or :class:`WebSocketRefused`."""
+        request = self._request_from_builder_args((path,), {"headers": headers or {}})
+        environ = request.environ
+        self._add_cookies_to_wsgi(environ)
+        scope = _scope_from_environ(environ)
+        scope["type"] = "websocket"
+        del scope["method"]
+        scope["scheme"] = "wss" if scope["scheme"] == "https" else "ws"
+        scope["subprotocols"] = list(subprotocols or [])
+        scope["headers"] += [
+            (b"upgrade", b"websocket"),
+            (b"connection", b"Upgrade"),
+            (b"sec-websocket-version", b"13"),
+        ]
+        scope["extensions"]["websocket.http.response"] = {}
+        adapter, loop = adapter_for(self.application)
+        ws = TestWebSocket(adapter, loop, scope)
+        try:
+            ws.accept(timeout)
+        except BaseException:
+            ws._future.result(timeout)
+            raise
+        return ws
 
     def run_wsgi_app(self, environ: Any, buffered: bool = False) -> Any:
         # werkzeug's Client handles cookies around calling self.application;

@@ -471,3 +471,82 @@ def test_flask_sock_under_another_server_uses_the_original(executor):
         thread.join(5)
     # simple-websocket's Server object, not the worker's SyncWebSocket.
     assert "flask-sock Server -" in app.extensions["test_log"]
+
+
+# -- the test client's WebSockets ---------------------------------------------------------
+
+
+def client_for(**config: Any) -> Any:
+    from flask_async_worker.testing import AdapterTestClient
+
+    app = create_app(**config)
+
+    @app.get("/login")
+    def login() -> str:
+        session["x"] = "alice"
+        return "ok"
+
+    app.test_client_class = AdapterTestClient
+    return app, app.test_client()
+
+
+@pytest.mark.parametrize("path", ["/echo", "/sync-echo", "/flask-sock"])
+def test_test_client_websocket_echoes_through_the_adapter(path):
+    app, client = client_for()
+    with client.websocket(f"{path}?who=tester") as ws:
+        ws.send("hello")
+        assert ws.receive() == "hello"
+        ws.send(b"\x00\x01")
+        assert ws.receive() == b"\x00\x01"
+    log = app.extensions["test_log"]
+    assert f"teardown {path}" in log
+    if path == "/echo":
+        assert "handler tester" in log and "handler done" in log
+
+
+def test_test_client_websocket_carries_the_session_cookie():
+    app, client = client_for()
+    assert client.get("/login").status_code == 200
+    with client.websocket("/flask-sock") as ws:
+        ws.send("x")
+        assert ws.receive() == "x"
+    assert "flask-sock SyncWebSocket alice" in app.extensions["test_log"]
+
+
+def test_test_client_websocket_refusal_and_close_codes():
+    from flask_async_worker.testing import WebSocketRefused
+
+    _, client = client_for(SOCK_SERVER_OPTIONS={"subprotocols": ["b", "a"]})
+    with pytest.raises(WebSocketRefused) as refused:
+        client.websocket("/echo?deny=401")
+    assert refused.value.status == 401 and b"Unauthorized" in refused.value.body
+    with pytest.raises(WebSocketRefused) as missing:
+        client.websocket("/nowhere")
+    assert missing.value.status == 404
+    with client.websocket("/close") as ws:
+        assert ws.receive() == "closing"
+        with pytest.raises(ConnectionClosed):
+            ws.receive()
+        assert (ws.close_code, ws.close_reason) == (4001, "bye")
+    with client.websocket("/proto", subprotocols=["a", "c"]) as ws:
+        assert ws.subprotocol == "a" and ws.receive() == "'a'"
+
+
+def test_test_client_websocket_close_ends_a_handler_that_only_sends():
+    """A handler pushing messages hears the client leave from its next send."""
+    app, client = client_for()
+    sock = Sock(app)
+
+    @sock.route("/push")
+    async def push(ws: WebSocket) -> None:
+        try:
+            while True:
+                await ws.send("tick")
+                await asyncio.sleep(0.01)
+        finally:
+            app.extensions["test_log"].append("push done")
+
+    ws = client.websocket("/push")
+    assert ws.receive() == "tick"
+    ws.close(timeout=2)
+    assert "push done" in app.extensions["test_log"]
