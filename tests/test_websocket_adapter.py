@@ -22,7 +22,7 @@ from flask import Flask, abort, g, request, session
 from werkzeug.serving import make_server
 
 from flask_async_worker import ConnectionClosed, FlaskAdapter, Sock, SyncWebSocket, WebSocket
-from flask_async_worker.adapter.websocket import install_flask_sock_bridge
+from flask_async_worker.adapter.websocket import install_simple_websocket_bridge
 from flask_async_worker.server import Message
 
 pytestmark = pytest.mark.timeout(30)
@@ -445,8 +445,12 @@ def test_flask_sock_server_replaced_only_once(executor):
     bridge = flask_sock.Server
     assert getattr(bridge, "_flask_async_worker", False)
     FlaskAdapter(create_app(), executor)
-    install_flask_sock_bridge()
+    install_simple_websocket_bridge()
     assert flask_sock.Server is bridge
+    # Code that looks the class up at call time (python-engineio) gets it too,
+    # and it is still simple-websocket's Server for everything else.
+    assert simple_websocket.Server is bridge
+    assert issubclass(bridge, simple_websocket.ws.Server)
 
 
 def test_flask_sock_under_another_server_uses_the_original(executor):

@@ -55,7 +55,7 @@ from .dispatch import NativeDispatch, customised, is_async_iterable
 from .extension import STREAMS_KEY, close_streams
 from .routing import PREBOUND_KEY, Router, install_prebound_hook
 from .views import endpoint_is_async, maybe_async
-from .websocket import WebSocketPool, install_flask_sock_bridge, serve_websocket
+from .websocket import WebSocketPool, install_simple_websocket_bridge, serve_websocket
 
 log = logging.getLogger("flask_async_worker")
 
@@ -149,7 +149,7 @@ class FlaskAdapter:
         self._any_async = False
         self.background: set[asyncio.Task[Any]] = set()
         self._websocket_pool: WebSocketPool | None = None
-        install_flask_sock_bridge()
+        install_simple_websocket_bridge()
         app.extensions["flask_async_worker"] = self
 
     # -- ASGI --------------------------------------------------------------------------

@@ -20,11 +20,12 @@ a redirect) refuses the handshake with that HTTP response.
   bound.
 
 flask-sock's route wrapper builds its ``ws`` with ``simple_websocket.Server``
-from the WSGI environ; under this worker ``flask_sock.Server`` is replaced
-(once, when an adapter is created after flask-sock was imported) by a
-function that returns a :class:`SyncWebSocket` for requests this adapter
-serves and calls the original otherwise, so the route, its hooks and its
-``ConnectionClosed`` handling are flask-sock's own.
+from the WSGI environ, as does Flask-SocketIO's (python-engineio's threading
+driver); that needs the raw socket, which an event loop does not hand out.
+When an adapter is created, each module that imported that class has it
+replaced by a function that returns a :class:`SyncWebSocket` for requests
+this adapter serves and builds the original otherwise, so the route, its
+hooks and its ``ConnectionClosed`` handling are the library's own.
 """
 
 from __future__ import annotations
@@ -257,8 +258,8 @@ def _current() -> WebSocket:
     return ws  # type: ignore[no-any-return]
 
 
-def _sync_accept(options: dict[str, Any]) -> SyncWebSocket:
-    ws = _current()
+def _sync_accept(options: dict[str, Any], ws: WebSocket | None = None) -> SyncWebSocket:
+    ws = ws or _current()
     sync = SyncWebSocket(ws)
     sync.accept(_prepare(ws, options))
     return sync
@@ -343,20 +344,33 @@ def _sync_route(f: Callable[..., Any]) -> Callable[..., Any]:
     return websocket_route
 
 
-def install_flask_sock_bridge() -> None:
-    """Serve flask-sock routes (see the module docstring)."""
-    module = sys.modules.get("flask_sock")
-    original = getattr(module, "Server", None)
-    if module is None or original is None or getattr(original, "_flask_async_worker", False):
+def install_simple_websocket_bridge() -> None:
+    """Serve the libraries built on simple-websocket (see the module
+    docstring): flask-sock, python-engineio's WSGI drivers (Flask-SocketIO),
+    an app's own code.  ``simple_websocket.Server`` becomes a subclass whose
+    constructor returns a :class:`SyncWebSocket` for a WebSocket this
+    adapter serves and builds the original otherwise; modules that imported
+    the class by name get the subclass too."""
+    library = sys.modules.get("simple_websocket")
+    original = getattr(library, "Server", None)
+    if original is None or getattr(original, "_flask_async_worker", False):
         return
 
-    def server(environ: dict[str, Any], **options: Any) -> Any:
-        if WS_KEY not in environ:
-            return original(environ, **options)
-        return _sync_accept(options)
+    class Server(original):  # type: ignore[misc,valid-type]
+        _flask_async_worker = True
 
-    server._flask_async_worker = True  # type: ignore[attr-defined]
-    module.Server = server  # type: ignore[attr-defined]
+        def __new__(cls, environ: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            ws = environ.get(WS_KEY)
+            if ws is not None:
+                # Not an instance of cls: Python skips __init__.
+                return _sync_accept(kwargs, ws)
+            return super().__new__(cls)
+
+    Server.__qualname__ = Server.__name__ = original.__name__
+    Server.__module__ = original.__module__
+    for module in list(sys.modules.values()):
+        if getattr(module, "Server", None) is original:
+            module.Server = Server  # type: ignore[attr-defined]
 
 
 # -- serving ---------------------------------------------------------------------------
