@@ -699,6 +699,8 @@ class HTTPConnection(asyncio.Protocol):
         self.deadline_kind = NO_DEADLINE
         self._pipelined = 0
         early = self.driver.take_buffered()
+        # HTTP/1.1 is over on this connection: its parser's state can go.
+        self.driver = _SPENT_DRIVER
         if early:
             cycle.data_received(early)
         if not self.read_paused or cycle.may_read():
@@ -1269,6 +1271,18 @@ def _h2_session(conn: HTTPConnection) -> H2Session:
     from .server_h2 import make_session
 
     return make_session(conn)
+
+
+class _SpentDriver:
+    """What a connection switched to WebSocket keeps as its HTTP/1.1
+    driver: nothing, and it is never asked for events again."""
+
+    eof = True
+    head_started = False
+    buffered = 0
+
+
+_SPENT_DRIVER: Any = _SpentDriver()
 
 
 def driver_will_close(driver: HTTP11Driver) -> bool:

@@ -432,10 +432,9 @@ async def serve_websocket(
     message = await receive()
     if message["type"] != "websocket.connect":
         return
-    http_scope = dict(scope)
-    http_scope["method"] = "GET"
-    http_scope["scheme"] = "https" if scope.get("scheme") == "wss" else "http"
-    environ = adapter.wsgi.environ(http_scope)
+    environ = adapter.wsgi.environ(
+        {**scope, "method": "GET", "scheme": "https" if scope.get("scheme") == "wss" else "http"}
+    )
     environ["wsgi.input"] = io.BytesIO()
     # Werkzeug's URL map recognises a WebSocket request by these (HTTP/2's
     # extended CONNECT has neither): WebSocket rules match only then.
