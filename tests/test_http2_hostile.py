@@ -626,12 +626,16 @@ def _even_stream_id(client: H2Client) -> Frame:
 
 
 @pytest.mark.parametrize(
-    ("make", "needle"),
-    [(_undecodable_block, "header block"), (_even_stream_id, "stream ID")],
+    ("make", "needle", "code"),
+    [
+        # RFC 9113 section 4.3: HPACK state lost is a COMPRESSION_ERROR.
+        (_undecodable_block, "header block", ErrorCodes.COMPRESSION_ERROR),
+        (_even_stream_id, "stream ID", ErrorCodes.PROTOCOL_ERROR),
+    ],
     ids=["undecodable-header-block", "even-stream-id"],
 )
 def test_connection_error_ends_only_that_connection(
-    server: Gunicorn, pid: int, make: Callable[[H2Client], Frame], needle: str
+    server: Gunicorn, pid: int, make: Callable[[H2Client], Frame], needle: str, code: int
 ) -> None:
     """Faults that leave the connection's state unknown (HPACK out of step,
     stream ids misused) are connection errors: GOAWAY, then close."""
@@ -643,7 +647,7 @@ def test_connection_error_ends_only_that_connection(
         client.wait_closed()
         goaway = client.goaway()
     assert goaway is not None, "closed without GOAWAY"
-    assert goaway.error_code in (ErrorCodes.PROTOCOL_ERROR, ErrorCodes.COMPRESSION_ERROR)
+    assert goaway.error_code == code
     assert_logged_once(server, mark, "Invalid HTTP/2 from ip=127.0.0.1")
     assert needle in log_lines(server, mark, "Invalid HTTP/2")[0]
     assert_serving(server, pid)

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
 from h2.errors import ErrorCodes
 from h2.stream import StreamState
 from hyperframe.frame import GoAwayFrame
@@ -174,6 +176,25 @@ _HOP_BY_HOP = frozenset(
 )
 
 
+class _CompressionError(h2.exceptions.ProtocolError):
+    """An undecodable header block (RFC 9113 section 4.3): the connection's
+    HPACK state is lost, a connection error of type COMPRESSION_ERROR."""
+
+    error_code = ErrorCodes.COMPRESSION_ERROR
+
+
+class _Decoder(hpack.Decoder):
+    """hpack's decoder, whose failures h2 would report as PROTOCOL_ERROR."""
+
+    def decode(self, data: bytes, raw: bool = False) -> Any:
+        try:
+            return super().decode(data, raw)
+        except hpack.OversizedHeaderListError:
+            raise  # h2 answers that one itself (a denial of service)
+        except (hpack.HPACKError, IndexError, TypeError, UnicodeDecodeError) as exc:
+            raise _CompressionError(f"Error decoding header block: {exc}") from exc
+
+
 class H2Driver:
     """One server-side HTTP/2 connection."""
 
@@ -202,6 +223,7 @@ class H2Driver:
             normalize_outbound_headers=False,
         )
         self.conn = h2.connection.H2Connection(config=config)
+        self.conn.decoder = _Decoder()
         self.conn.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
