@@ -336,8 +336,9 @@ def assert_never_ran(marks: Path, name: str, wait: float = 0.3) -> None:
     assert not (marks / f"{name}.closed").exists(), f"the application saw {name}"
 
 
-def worker_socket(server_port: int, client_port: int) -> int:
-    """The inode of the server's end of one loopback connection."""
+def tcp_row(server_port: int, client_port: int, *, with_inode: bool = False) -> list[str]:
+    """The kernel's /proc/net/tcp line for the server's end of one loopback
+    connection (the listening socket's twin rows have inode 0)."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as f:
             next(f)
@@ -345,9 +346,16 @@ def worker_socket(server_port: int, client_port: int) -> int:
                 fields = line.split()
                 local = int(fields[1].rsplit(":", 1)[1], 16)
                 remote = int(fields[2].rsplit(":", 1)[1], 16)
-                if (local, remote) == (server_port, client_port) and int(fields[9]):
-                    return int(fields[9])
+                if (local, remote) == (server_port, client_port) and (
+                    int(fields[9]) or not with_inode
+                ):
+                    return fields
     raise AssertionError(f"no connection from port {client_port}")
+
+
+def worker_socket(server_port: int, client_port: int) -> int:
+    """The inode of the server's end of one loopback connection."""
+    return int(tcp_row(server_port, client_port, with_inode=True)[9])
 
 
 def holds_socket(pid: int, inode: int) -> bool:

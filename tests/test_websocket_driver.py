@@ -118,8 +118,9 @@ class Frame:
         return self.payload[2:].decode()
 
 
-def parse_frames(data: bytes | bytearray) -> list[Frame]:
-    """Every complete frame in what a server wrote (which it never masks)."""
+def split_frames(data: bytes | bytearray) -> tuple[list[Frame], bytes]:
+    """The complete frames at the start of what a server wrote (which it
+    never masks), and the bytes of an incomplete one after them."""
     frames = []
     buf = bytes(data)
     while len(buf) >= 2:
@@ -136,7 +137,13 @@ def parse_frames(data: bytes | bytearray) -> list[Frame]:
             Frame(bool(buf[0] & 0x80), bool(buf[0] & 0x40), buf[0] & 0x0F, buf[start : start + n])
         )
         buf = buf[start + n :]
-    assert not buf, f"trailing bytes after the frames: {buf[:20]!r}"
+    return frames, buf
+
+
+def parse_frames(data: bytes | bytearray) -> list[Frame]:
+    """Every frame in what a server wrote, with nothing left over."""
+    frames, rest = split_frames(data)
+    assert not rest, f"trailing bytes after the frames: {rest[:20]!r}"
     return frames
 
 

@@ -34,6 +34,7 @@ from .test_http2_hostile import (
     holds_socket,
     log_lines,
     log_mark,
+    tcp_row,
     worker_socket,
 )
 from .test_timeouts import RSSSampler, wait_until
@@ -48,6 +49,7 @@ from .test_websocket_driver import (
     close_payload,
     deflate,
     frame,
+    split_frames,
     zeros_bomb,
 )
 
@@ -193,24 +195,8 @@ class WSClient(SocketClient):
         self.send(frame(opcode, payload, **kwargs))
 
     def _parse(self) -> None:
-        buf = self.buf
-        while len(buf) >= 2:
-            n = buf[1] & 0x7F
-            start = 2
-            if n == 126:
-                n, start = int.from_bytes(buf[2:4], "big"), 4
-            elif n == 127:
-                n, start = int.from_bytes(buf[2:10], "big"), 10
-            if len(buf) < start + n:
-                break
-            assert not buf[1] & 0x80, "the server masked a frame"
-            self.frames.append(
-                Frame(
-                    bool(buf[0] & 0x80), bool(buf[0] & 0x40), buf[0] & 0x0F, buf[start : start + n]
-                )
-            )
-            buf = buf[start + n :]
-        self.buf = buf
+        frames, self.buf = split_frames(self.buf)
+        self.frames.extend(frames)
 
     def _feed(self, data: bytes) -> None:
         self.buf += data
@@ -540,16 +526,7 @@ def flood_pings(c: WSClient, seconds: float) -> tuple[int, float]:
 def server_rx_queue(server_port: int, client_port: int) -> int:
     """Bytes the kernel holds for the worker's end of one loopback
     connection that the worker has not read."""
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            next(f)
-            for line in f:
-                fields = line.split()
-                local = int(fields[1].rsplit(":", 1)[1], 16)
-                remote = int(fields[2].rsplit(":", 1)[1], 16)
-                if (local, remote) == (server_port, client_port):
-                    return int(fields[4].split(":")[1], 16)
-    raise AssertionError(f"no connection from port {client_port}")
+    return int(tcp_row(server_port, client_port)[4].split(":")[1], 16)
 
 
 def test_ping_flood_without_reading_stops_being_read(server: Gunicorn, pid: int) -> None:
