@@ -1033,6 +1033,10 @@ class RequestCycle:
             if self.disconnected:
                 self._info = None  # never reported: the response did not finish
 
+    def log_finished(self) -> None:
+        """Count and log the request (access log, post_request, max_requests)."""
+        self.conn.server.request_finished(self)
+
     def _app_returned(self) -> None:
         if not self.response_complete and not self.disconnected:
             log = self.conn.server.log

@@ -36,7 +36,7 @@ from .protocols.http2 import (
     StreamReset,
     WindowOpened,
 )
-from .protocols.websocket import Closed, Handshake, parse_h2_handshake
+from .protocols.websocket import Closed, Handshake, accepted_headers, parse_h2_handshake
 from .server import (
     DRAIN,
     HEAD,
@@ -352,10 +352,6 @@ class H2Stream(RequestCycle):
     def begin_drain(self) -> None:
         """Graceful stop: a request stream finishes as it is."""
 
-    def log_finished(self) -> None:
-        """Count and log the request (access log, post_request, max_requests)."""
-        self.conn.server.request_finished(self)
-
     def wake_sender(self) -> None:
         waiter = self.send_waiter
         if waiter is not None and not waiter.done():
@@ -526,16 +522,9 @@ class H2WebSocket(WebSocketProtocol, H2Stream):
         self.ping_sent = 0.0
         self.timer: asyncio.TimerHandle | None = None
 
-    async def run(self) -> None:
-        try:
-            await super().run()
-        finally:
-            if self.ws is not None:
-                # Also when the stream did not end in order (a reset, a
-                # dropped connection): the WebSocket is still one request.
-                self.log_finished()
-
     def log_finished(self) -> None:
+        # Once: when the stream completes in order, or when the app ends
+        # after a reset or a dropped connection.
         if not self.logged:
             self.logged = True
             super().log_finished()
@@ -571,14 +560,7 @@ class H2WebSocket(WebSocketProtocol, H2Stream):
             self.session.pump(self)
 
     def _write_accept(self, subprotocol: str | None, deflate: Any, headers: Headers) -> None:
-        own: Headers = []
-        if subprotocol is not None:
-            own.append((b"sec-websocket-protocol", subprotocol.encode("latin-1")))
-        if deflate is not None:
-            params = deflate.accept_params
-            offer = deflate.name + ("; " + params if params else "")
-            own.append((b"sec-websocket-extensions", offer.encode("latin-1")))
-        own += headers
+        own = accepted_headers(subprotocol, deflate) + headers
         own.append((b"date", self.conn.server.date))
         session = self.session
         self.status = 200
@@ -612,11 +594,26 @@ class H2WebSocket(WebSocketProtocol, H2Stream):
         self._arm(self.conn.settings.extra.ws_close_timeout, self._close_expired)
 
     def _taken(self) -> None:
-        if self.flow_unacked and self.inbox_size <= self.conn.settings.extra.body_buffer:
+        """Re-open the stream's window while the app keeps up with the
+        messages and the client with what the protocol owes it (pongs wait
+        in the outbox like any send): a client that pings but grants no
+        window stalls at its own window instead of growing the outbox."""
+        extra = self.conn.settings.extra
+        if (
+            self.flow_unacked
+            and self.ws is not None
+            and not self.disconnected
+            and self.inbox_size <= extra.body_buffer
+            and len(self.outbox) <= extra.write_buffer
+        ):
             session = self.session
             session.driver.acknowledge(self.stream_id, self.flow_unacked)
             self.flow_unacked = 0
             session.flush_soon()
+
+    def wake_sender(self) -> None:
+        super().wake_sender()
+        self._taken()  # the outbox drained: the window may re-open
 
     # -- timers --------------------------------------------------------------------
 
@@ -654,11 +651,7 @@ class H2WebSocket(WebSocketProtocol, H2Stream):
         if self.last_seen >= self.ping_sent:
             self._arm(extra.ws_ping_interval, self._ping_due)
             return
-        self.conn.server.log.info(
-            "WebSocket ping timeout from ip=%s: no pong in %ss",
-            self.conn.client_ip,
-            extra.ws_ping_timeout,
-        )
+        self._log_ping_timeout()
         self._drop(Closed(1006, "ping timeout"))
 
     def _close_expired(self) -> None:

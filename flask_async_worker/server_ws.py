@@ -37,7 +37,6 @@ from .server import (
     NO_DEADLINE,
     PING,
     PONG_DUE,
-    SEND,
     ClientDisconnected,
     HTTPConnection,
     Message,
@@ -128,7 +127,25 @@ class WebSocketProtocol(RequestCycle):
     def _taken(self) -> None:
         """The app took a message: the client may send more."""
 
+    def _log_ping_timeout(self) -> None:
+        conn = self.conn
+        conn.server.log.info(
+            "WebSocket ping timeout from ip=%s: no pong in %ss",
+            conn.client_ip,
+            conn.settings.extra.ws_ping_timeout,
+        )
+
     # -- ASGI ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        finally:
+            if self.ws is not None:
+                # Accepted: one request, logged when the app is done with
+                # it, however the socket ended (a refused one was logged
+                # with its response).
+                self.log_finished()
 
     def _app_returned(self) -> None:
         state = self.state
@@ -338,15 +355,6 @@ class WebSocketCycle(WebSocketProtocol):
         super().__init__(conn, request)
         self._init_websocket(handshake)
 
-    async def run(self) -> None:
-        try:
-            await super().run()
-        finally:
-            if self.status == 101:
-                # An accepted WebSocket is one request, logged when it ends
-                # (a refused one was logged with its response).
-                self.conn.server.request_finished(self)
-
     # -- the wire ------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
@@ -410,11 +418,11 @@ class WebSocketCycle(WebSocketProtocol):
                 self._arm_ping()
 
     def _arm_ping(self) -> None:
+        # Only while open: after a close frame the connection's deadline
+        # is the close reply's (CLOSING), and it must stay.
         interval = self.conn.settings.extra.ws_ping_interval
         if interval > 0 and self.state == OPEN:
             self.conn.set_deadline(PING, interval)
-        elif self.conn.deadline_kind != SEND:
-            self.conn.deadline_kind = NO_DEADLINE
 
     def on_deadline(self, kind: int) -> None:
         conn = self.conn
@@ -424,11 +432,7 @@ class WebSocketCycle(WebSocketProtocol):
             conn.transport.write(self.ws.send_ping(b"flask_async_worker"))
             conn.set_deadline(PONG_DUE, extra.ws_ping_timeout)
         elif kind == PONG_DUE:
-            conn.server.log.info(
-                "WebSocket ping timeout from ip=%s: no pong in %ss",
-                conn.client_ip,
-                extra.ws_ping_timeout,
-            )
+            self._log_ping_timeout()
             self.closed_info = self.closed_info or Closed(1006, "ping timeout")
             conn.abort()
         elif kind == CLOSING:

@@ -334,11 +334,7 @@ class AdapterTestClient(FlaskClient):
         del scope["method"]
         scope["scheme"] = "wss" if scope["scheme"] == "https" else "ws"
         scope["subprotocols"] = list(subprotocols or [])
-        scope["headers"] += [
-            (b"upgrade", b"websocket"),
-            (b"connection", b"Upgrade"),
-            (b"sec-websocket-version", b"13"),
-        ]
+        scope["headers"].append((b"sec-websocket-version", b"13"))
         scope["extensions"]["websocket.http.response"] = {}
         adapter, loop = adapter_for(self.application)
         ws = TestWebSocket(adapter, loop, scope)

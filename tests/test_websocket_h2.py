@@ -799,6 +799,32 @@ def test_client_that_never_opens_its_window_gets_the_stream_reset(strict):
         assert watcher.fetch("/plain") == (200, b"plain")
 
 
+def test_pings_without_window_for_the_pongs_stop_being_read(main):
+    """Every WebSocket ping makes the server owe a pong, which waits in the
+    stream's outbox for the client's window.  A client that pings but never
+    opens that window stops having its own window re-opened once the owed
+    pongs reach the write buffer (256 KiB): it stalls instead of growing
+    the server's outbox."""
+    pings = 20_000  # 2.6 MB of pings, as many pongs owed
+    with Client(main.port, acknowledge=False) as client:
+        client.handshake()
+        stream = client.accept("/ws/echo")
+        ping = stream.ws.send(Ping(payload=b"p" * 125))
+        stream.outbox += ping * pings
+        client.pump()
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            client.read(0.1)
+            client.pump()
+        sent = len(ping) * pings - len(stream.outbox)
+        # Pongs of about 320 KiB of pings (write buffer plus the client's
+        # window), and a window more in flight, are all the server takes.
+        assert 0 < sent < 600 * 1024, sent
+        assert not client.closed and stream.reset is None, client.summary()
+    with connect(main.port) as other:
+        assert other.fetch("/plain") == (200, b"plain")
+
+
 def test_client_that_reads_nothing_is_dropped(strict):
     """A client with a huge window that stops reading the socket: the
     echoes pile up in the server's transport, the server stops reading

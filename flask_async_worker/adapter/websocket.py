@@ -36,7 +36,7 @@ import io
 import logging
 import sys
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import wraps
 from inspect import iscoroutinefunction
@@ -47,7 +47,6 @@ from flask import Blueprint, Flask, Response, current_app, request
 from ..pool import run_in_pool
 from ..server import Receive, Scope, Send
 from .dispatch import is_async_iterable
-from .views import endpoint_is_async
 
 if TYPE_CHECKING:
     from .app import FlaskAdapter
@@ -442,18 +441,18 @@ async def serve_websocket(
     environ["HTTP_CONNECTION"] = "Upgrade"
     ws = WebSocket(scope, receive, send)
     environ[WS_KEY] = ws
-    app = adapter.flask_app
-    if not adapter.not_native and _is_async(app, environ):
-        ctx = app.request_context(environ)
+    # Routing errors (no match, a plain HTTP route) go to Flask's own
+    # wsgi_app, which answers them as for any request.
+    route = None if adapter.not_native else adapter.router.match(environ)
+    if route is not None and adapter._is_async(route[0], "GET"):
+        ctx = adapter._request_context(environ)
+        ctx.request.url_rule, ctx.request.view_args = route
         response = await adapter.dispatch.handle(ctx)
         failed = response.status_code >= 500
         if ws.state == CONNECTING:
             # The refusal goes out in one message: a client that resets as
             # soon as it has read the status must not cut a streamed body.
-            status, headers, body = await _collect(adapter, response, environ)
-            denial = _denial(scope, send)
-            await denial({"type": "http.response.start", "status": status, "headers": headers})
-            await denial({"type": "http.response.body", "body": body})
+            await _deny(scope, send, *await _collect(adapter, response, environ))
         else:
             await adapter._close(response)
     else:
@@ -465,15 +464,13 @@ async def serve_websocket(
                 environ["PATH_INFO"],
                 pool.size,
             )
-            await _deny(scope, send, 503, b"Too many WebSocket connections\n")
+            text = [(b"content-type", b"text/plain; charset=utf-8")]
+            await _deny(scope, send, 503, text, b"Too many WebSocket connections\n")
             return
-        result = await pool.run(_run_wsgi, app, environ)
+        result = await pool.run(_run_wsgi, adapter.flask_app, environ)
         failed = result is not None and result[0] >= 500
         if ws.state == CONNECTING and result is not None:
-            status, headers, body = result
-            denial = _denial(scope, send)
-            await denial({"type": "http.response.start", "status": status, "headers": headers})
-            await denial({"type": "http.response.body", "body": body})
+            await _deny(scope, send, *result)
     if ws.state == OPEN:
         # The handler returned (1000) or raised: Flask logged it and made
         # a 500 nobody can see now, so the close code says it (1011).
@@ -484,11 +481,7 @@ async def _collect(
     adapter: FlaskAdapter, response: Response, environ: dict[str, Any]
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """A refusing response whole: status, headers, body (bounded)."""
-    headers = [
-        (k.lower().encode("latin-1"), v.encode("latin-1"))
-        for k, v in response.get_wsgi_headers(environ).to_wsgi_list()
-        if k.lower() not in ("content-length", "transfer-encoding", "connection")
-    ]
+    headers = _denial_headers(response.get_wsgi_headers(environ).to_wsgi_list())
     body = response.response
     if is_async_iterable(body):
         chunks: list[bytes] = []
@@ -500,41 +493,41 @@ async def _collect(
             if size >= DENIAL_BODY_LIMIT:
                 break
         await adapter._close(response)
-        data = b"".join(chunks)
+        data = b"".join(chunks)[:DENIAL_BODY_LIMIT]
     elif response.is_sequence:
-        data = b"".join(response.iter_encoded())
-        response.close()
+        data = _read_bounded(response)
     else:
         data = await run_in_pool(adapter.executor, _read_bounded, response)
-    return response.status_code, headers, data[:DENIAL_BODY_LIMIT]
+    return response.status_code, headers, data
 
 
 def _read_bounded(response: Response) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
     try:
-        for chunk in response.iter_encoded():
-            chunks.append(chunk)
-            size += len(chunk)
-            if size >= DENIAL_BODY_LIMIT:
-                break
+        return _bounded(response.iter_encoded())
     finally:
         response.close()
-    return b"".join(chunks)
 
 
-def _is_async(app: Flask, environ: dict[str, Any]) -> bool:
-    """Is the matched endpoint's view async?  Routing errors go to Flask's
-    own ``wsgi_app``, which answers them as for any request."""
-    try:
-        url_adapter = app.create_url_adapter(app.request_class(environ))
-        if url_adapter is None:
-            return False
-        rule, _ = url_adapter.match(return_rule=True)
-    except Exception:
-        return False
-    view = app.view_functions.get(rule.endpoint)
-    return view is not None and endpoint_is_async(view, "GET")
+def _bounded(chunks: Iterable[bytes]) -> bytes:
+    """The first DENIAL_BODY_LIMIT bytes of a refusing response's body."""
+    kept: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        kept.append(chunk)
+        size += len(chunk)
+        if size >= DENIAL_BODY_LIMIT:
+            break
+    return b"".join(kept)[:DENIAL_BODY_LIMIT]
+
+
+def _denial_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """A refusal's headers as ASGI wants them, less the framing ones the
+    server sets for the body it sends."""
+    return [
+        (k.lower().encode("latin-1"), v.encode("latin-1"))
+        for k, v in headers
+        if k.lower() not in ("content-length", "transfer-encoding", "connection")
+    ]
 
 
 def _run_wsgi(app: Flask, environ: dict[str, Any]) -> tuple[int, list[Any], bytes] | None:
@@ -548,29 +541,18 @@ def _run_wsgi(app: Flask, environ: dict[str, Any]) -> tuple[int, list[Any], byte
         return lambda data: None
 
     result = app.wsgi_app(environ, start_response)
-    chunks: list[bytes] = []
-    size = 0
     try:
         if environ[WS_KEY].state != CONNECTING:
             # Accepted: only whether the handler failed matters.
             return (_status(started), [], b"") if started else None
-        for chunk in result:
-            if size < DENIAL_BODY_LIMIT:
-                chunks.append(chunk)
-                size += len(chunk)
+        body = _bounded(result)
     finally:
         close = getattr(result, "close", None)
         if close is not None:
             close()
     if not started:
         return None
-    status = _status(started)
-    headers = [
-        (k.lower().encode("latin-1"), v.encode("latin-1"))
-        for k, v in started[1]
-        if k.lower() not in ("content-length", "transfer-encoding", "connection")
-    ]
-    return status, headers, b"".join(chunks)[:DENIAL_BODY_LIMIT]
+    return _status(started), _denial_headers(started[1]), body
 
 
 def _status(started: list[Any]) -> int:
@@ -591,13 +573,9 @@ def _denial(scope: Scope, send: Send) -> Send:
     return denial  # type: ignore[return-value]
 
 
-async def _deny(scope: Scope, send: Send, status: int, body: bytes) -> None:
+async def _deny(
+    scope: Scope, send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
     denial = _denial(scope, send)
-    await denial(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"text/plain; charset=utf-8")],
-        }
-    )
+    await denial({"type": "http.response.start", "status": status, "headers": headers})
     await denial({"type": "http.response.body", "body": body})

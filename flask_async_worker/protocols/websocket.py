@@ -171,6 +171,18 @@ def negotiate_deflate(offers: list[str], max_message_size: int) -> BoundedDeflat
     return None
 
 
+def accepted_headers(subprotocol: str | None, extension: BoundedDeflate | None) -> Headers:
+    """What the answer says was agreed, on either HTTP version."""
+    headers: Headers = []
+    if subprotocol is not None:
+        headers.append((b"sec-websocket-protocol", subprotocol.encode("latin-1")))
+    if extension is not None:
+        params = extension.accept_params
+        offer = extension.name + ("; " + params if params else "")
+        headers.append((b"sec-websocket-extensions", offer.encode("latin-1")))
+    return headers
+
+
 def accept_response(
     handshake: Handshake,
     subprotocol: str | None,
@@ -185,13 +197,7 @@ def accept_response(
         b"connection: Upgrade",
         b"sec-websocket-accept: " + accept_token(handshake.key),
     ]
-    if subprotocol is not None:
-        lines.append(b"sec-websocket-protocol: " + subprotocol.encode("latin-1"))
-    if extension is not None:
-        params = extension.accept_params
-        offer = extension.name + ("; " + params if params else "")
-        lines.append(b"sec-websocket-extensions: " + offer.encode("latin-1"))
-    for name, value in headers:
+    for name, value in accepted_headers(subprotocol, extension) + headers:
         lines.append(name + b": " + value)
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
