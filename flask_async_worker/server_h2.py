@@ -49,6 +49,7 @@ from .server import (
 from .server_ws import CLOSE_SENT, CLOSED, OPEN, WS_SLOTS, WebSocketProtocol
 
 if TYPE_CHECKING:
+    from .protocols.http2_h2lib import H2LibDriver
     from .server import HTTPConnection
 
 
@@ -57,7 +58,7 @@ class H2Session:
 
     __slots__ = ("conn", "draining", "driver", "flush_due", "pending", "streams")
 
-    def __init__(self, conn: HTTPConnection, driver: H2Driver) -> None:
+    def __init__(self, conn: HTTPConnection, driver: H2Driver | H2LibDriver) -> None:
         self.conn = conn
         self.driver = driver
         self.streams: dict[int, H2Stream] = {}
@@ -498,6 +499,10 @@ class H2Stream(RequestCycle):
 
 def make_session(conn: HTTPConnection) -> H2Session:
     settings = conn.settings
+    if settings.extra.http2_engine == "h2":
+        from .protocols.http2_h2lib import H2LibDriver
+
+        return H2Session(conn, H2LibDriver(settings.h2, settings.limits))
     return H2Session(conn, H2Driver(settings.h2, settings.limits))
 
 

@@ -24,6 +24,8 @@ from .protocols.http11_rules import Limits
 ENV_PREFIX = "FLASK_ASYNC_WORKER_"
 #: The HTTP/1.1 drivers: ``auto`` is httptools when it can be imported.
 HTTP_PARSERS = ("auto", "httptools", "h11")
+#: The HTTP/2 drivers: the worker's own frame layer, or h2's.
+HTTP2_ENGINES = ("native", "h2")
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,10 @@ class Extra:
     #: faster per request) or ``h11`` (pure Python); ``auto`` picks httptools
     #: when it is installed.  Both refuse the same malformed requests.
     http_parser: str = "auto"
+    #: Which implementation speaks HTTP/2: ``native`` (the worker's own
+    #: frame layer, with hpack) or ``h2`` (the h2 library, several times
+    #: slower per request).  Both refuse the same malformed input.
+    http2_engine: str = "native"
     #: The first-generation threshold of Python's cyclic garbage collector
     #: in the worker (Python's default is 700; see docs/settings.rst).
     gc_threshold: int = 7000
@@ -90,7 +96,10 @@ class Extra:
     ws_per_message_deflate: int = 1
 
     # The text settings and the values each accepts.
-    _CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"http_parser": HTTP_PARSERS}
+    _CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "http_parser": HTTP_PARSERS,
+        "http2_engine": HTTP2_ENGINES,
+    }
     # Settings for which 0 means "off".
     _ZERO_OK: ClassVar[frozenset[str]] = frozenset(("ws_ping_interval", "ws_per_message_deflate"))
 

@@ -168,6 +168,20 @@ def parser_env(parser: str, env: dict[str, str] | None = None) -> dict[str, str]
     return {**(env or {}), "FLASK_ASYNC_WORKER_HTTP_PARSER": parser}
 
 
+HTTP2_ENGINES = ["native", "h2"]
+
+
+@pytest.fixture(scope="module", params=HTTP2_ENGINES)
+def http2_engine(request: pytest.FixtureRequest) -> str:
+    """An HTTP/2 driver (``FLASK_ASYNC_WORKER_HTTP2_ENGINE``): the HTTP/2
+    tests that take this run against a worker using each one in turn."""
+    return str(request.param)
+
+
+def engine_env(engine: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    return {**(env or {}), "FLASK_ASYNC_WORKER_HTTP2_ENGINE": engine}
+
+
 @pytest.fixture
 def gunicorn() -> Iterator[type[Gunicorn]]:
     """Start servers with ``gunicorn("module:app", *flags)``; all stop at teardown."""

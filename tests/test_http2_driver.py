@@ -1,4 +1,7 @@
-"""The HTTP/2 driver alone: bytes from an h2 client in, events out.
+"""The HTTP/2 drivers alone: bytes from an h2 client in, events out.
+
+Every test runs against both engines (the worker's own frame layer and the
+h2-based one), which must agree.
 
 No sockets and no loop: what reaches the application, what the server
 answers itself and where the flood bounds sit are decided here, so they are
@@ -7,6 +10,8 @@ the same cases through a real worker.
 """
 
 from __future__ import annotations
+
+import sys
 
 import h2.config
 import h2.connection
@@ -28,14 +33,27 @@ from flask_async_worker.protocols.http2 import (
     StreamReset,
     WindowOpened,
 )
+from flask_async_worker.protocols.http2_h2lib import H2LibDriver
 from flask_async_worker.protocols.http11_rules import Limits
+
+ENGINES: dict[str, type[H2Driver] | type[H2LibDriver]] = {
+    "native": H2Driver,
+    "h2": H2LibDriver,
+}
+Driver: type[H2Driver] | type[H2LibDriver] = H2Driver
+
+
+@pytest.fixture(autouse=True, params=list(ENGINES))
+def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setattr(sys.modules[__name__], "Driver", ENGINES[request.param])
+    return str(request.param)
 
 
 class Pair:
     """An h2 client wired to the driver by hand."""
 
     def __init__(self, limits: H2Limits | None = None, header_limits: Limits | None = None):
-        self.server = H2Driver(limits or H2Limits(), header_limits or Limits())
+        self.server = Driver(limits or H2Limits(), header_limits or Limits())
         self.server.initiate()
         # Unvalidated: some tests send what a conforming client would not.
         self.client = h2.connection.H2Connection(
@@ -291,7 +309,7 @@ def test_broken_frames_end_the_connection():
 
 
 def test_garbage_instead_of_preface():
-    driver = H2Driver(H2Limits(), Limits())
+    driver = Driver(H2Limits(), Limits())
     driver.initiate()
     with pytest.raises(ProtocolError):
         driver.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import Gunicorn, raw_request, serving, status_of, tls_files
+from .conftest import Gunicorn, engine_env, raw_request, serving, status_of, tls_files
 
 CHUNK = bytes(range(256)) * 256
 
@@ -34,19 +34,22 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def marks(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("h2marks")
+def marks(tmp_path_factory: pytest.TempPathFactory, http2_engine: str) -> Path:
+    return tmp_path_factory.mktemp(f"h2marks-{http2_engine}")
 
 
 @pytest.fixture(scope="module")
 def servers(
-    certs: tuple[Path, Path, Path], marks: Path, tmp_path_factory: pytest.TempPathFactory
+    certs: tuple[Path, Path, Path],
+    marks: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    http2_engine: str,
 ) -> Iterator[dict[str, Gunicorn]]:
     """Arbiters started together: prior knowledge, both cleartext mechanisms,
     TLS offering h2 first, TLS with gunicorn's default (HTTP/1.1 only), and
     h2 enabled without cleartext HTTP/2."""
     _, cert, key = certs
-    env = {"H2_TEST_MARKS": str(marks)}
+    env = engine_env(http2_engine, {"H2_TEST_MARKS": str(marks)})
     access = tmp_path_factory.mktemp("h2logs") / "access.log"
     h2 = ("--http-protocols", "h2,h1")
     tls = ("--certfile", str(cert), "--keyfile", str(key))

@@ -66,12 +66,12 @@ Header = tuple[bytes, bytes]
 
 
 @pytest.fixture(scope="module")
-def marks(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("h2-marks")
+def marks(tmp_path_factory: pytest.TempPathFactory, http2_engine: str) -> Path:
+    return tmp_path_factory.mktemp(f"h2-marks-{http2_engine}")
 
 
 @pytest.fixture(scope="module")
-def server(marks: Path) -> Iterator[Gunicorn]:
+def server(marks: Path, http2_engine: str) -> Iterator[Gunicorn]:
     # One arbiter for the module: a worker that survives one attack must
     # also be fit for the next, and starting one per case would cost most
     # of the time budget.
@@ -94,6 +94,7 @@ def server(marks: Path) -> Iterator[Gunicorn]:
         "--keep-alive",
         str(KEEPALIVE),
         env={
+            "FLASK_ASYNC_WORKER_HTTP2_ENGINE": http2_engine,
             "H2_TEST_MARKS": str(marks),
             "FLASK_ASYNC_WORKER_H2_MAX_RESETS": str(MAX_RESETS),
             "FLASK_ASYNC_WORKER_H2_MAX_CONTROL_FRAMES": str(MAX_CONTROL),

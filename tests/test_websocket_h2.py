@@ -47,7 +47,15 @@ from wsproto.events import (
 )
 from wsproto.extensions import PerMessageDeflate
 
-from .conftest import Gunicorn, SocketClient, launch_chromium, needs_chromium, serving, tls_files
+from .conftest import (
+    Gunicorn,
+    SocketClient,
+    engine_env,
+    launch_chromium,
+    needs_chromium,
+    serving,
+    tls_files,
+)
 
 MB = 1024 * 1024
 H2 = ("--http-protocols", "h2,h1", "--http2-cleartext", "prior-knowledge")
@@ -70,25 +78,35 @@ def tag() -> str:
 
 
 @pytest.fixture(scope="module")
-def access_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("ws-h2-logs") / "access.log"
+def access_log(tmp_path_factory: pytest.TempPathFactory, http2_engine: str) -> Path:
+    return tmp_path_factory.mktemp(f"ws-h2-logs-{http2_engine}") / "access.log"
 
 
 @pytest.fixture(scope="module")
-def servers(access_log: Path) -> Iterator[dict[str, Gunicorn]]:
+def servers(access_log: Path, http2_engine: str) -> Iterator[dict[str, Gunicorn]]:
     started = {
-        "main": Gunicorn("ws_app:app", *H2, "--access-logfile", str(access_log), wait=False),
+        "main": Gunicorn(
+            "ws_app:app",
+            *H2,
+            "--access-logfile",
+            str(access_log),
+            env=engine_env(http2_engine),
+            wait=False,
+        ),
         "strict": Gunicorn(
             "ws_app:app",
             *H2,
             "--http2-initial-window-size",
             str(16 * MB),
-            env={
-                "FLASK_ASYNC_WORKER_SEND_TIMEOUT": str(SEND_TIMEOUT),
-                "FLASK_ASYNC_WORKER_WS_PING_INTERVAL": str(PING),
-                "FLASK_ASYNC_WORKER_WS_PING_TIMEOUT": str(PING),
-                "FLASK_ASYNC_WORKER_TICK": "0.1",
-            },
+            env=engine_env(
+                http2_engine,
+                {
+                    "FLASK_ASYNC_WORKER_SEND_TIMEOUT": str(SEND_TIMEOUT),
+                    "FLASK_ASYNC_WORKER_WS_PING_INTERVAL": str(PING),
+                    "FLASK_ASYNC_WORKER_WS_PING_TIMEOUT": str(PING),
+                    "FLASK_ASYNC_WORKER_TICK": "0.1",
+                },
+            ),
             wait=False,
         ),
     }

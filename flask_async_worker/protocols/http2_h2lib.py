@@ -1,10 +1,14 @@
 """HTTP/2 (RFC 9113) on h2, reduced to the events the server acts on.
 
-h2 does the framing, HPACK and the stream state machines.  This module adds
-what decides whether a stream reaches the application:
+The reference implementation beside :mod:`.http2`'s own frame layer
+(``FLASK_ASYNC_WORKER_HTTP2_ENGINE=h2``): the same events, bounds and
+refusals, with h2 doing the framing, HPACK and the stream state machines.
+Slower per request, and kept so that the two can be run against the same
+tests and a deployment can fall back to the well-worn library.  On top of
+h2 this module adds:
 
-- the field rules of RFC 9113 section 8.2/8.3 (checked in one pass in
-  :meth:`H2Driver.build_request` instead of h2's much slower pipeline);
+- the field rules of RFC 9113 section 8.2/8.3 (:func:`.http2.build_request`
+  instead of h2's much slower pipeline);
 - gunicorn's request limits (field count, field size, request-line length)
   and the refusals the HTTP/1.1 drivers make (CONNECT, a target that is not
   origin-form ASCII), answered on the stream without touching the others;
@@ -17,13 +21,11 @@ what decides whether a stream reaches the application:
   the initial window the server advertises.
 
 No sockets and no clock of its own: the caller passes bytes and the current
-time in and writes :meth:`H2Driver.data_to_send` out.
+time in and writes :meth:`H2LibDriver.data_to_send` out.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import Any
 
 import h2.config
@@ -37,129 +39,23 @@ from h2.stream import StreamState
 from hyperframe.frame import GoAwayFrame
 
 from .errors import ProtocolError
-from .events import Headers, Request
-from .http11_rules import HOST, Limits
-
-#: RFC 9113 section 3.4: what a prior-knowledge client sends first.
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_TARGET_INVALID = bytes(range(0x21, 0x7F))  # deletechars: what remains is invalid
-_TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-# Field names: lower-case tokens (RFC 9113 section 8.2.1 refuses upper case).
-_NAME_CHARS = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_OWS = (b" ", b"\t")
-_CONNECTION_SPECIFIC, _TE, _HOST_FIELD, _EXPECT, _COOKIE = range(5)
-_SPECIAL = {
-    b"connection": _CONNECTION_SPECIFIC,
-    b"keep-alive": _CONNECTION_SPECIFIC,
-    b"proxy-connection": _CONNECTION_SPECIFIC,
-    b"transfer-encoding": _CONNECTION_SPECIFIC,
-    b"upgrade": _CONNECTION_SPECIFIC,
-    b"te": _TE,
-    b"host": _HOST_FIELD,
-    b"expect": _EXPECT,
-    b"cookie": _COOKIE,
-}
-_REMOTE_OPEN = (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL)
-
-
-@dataclass(frozen=True, slots=True)
-class H2Limits:
-    """gunicorn's ``http2_*`` settings and the worker's flood bounds."""
-
-    max_concurrent_streams: int = 100
-    initial_window_size: int = 65535
-    max_frame_size: int = 16384
-    max_header_list_size: int = 65536
-    #: What the connection window opens to: the request body bytes one
-    #: connection may have buffered across all its streams.
-    connection_window: int = 1024 * 1024
-    #: Streams the client may reset (or have refused) per second.
-    max_resets: int = 200
-    #: PING/SETTINGS/PRIORITY/empty DATA/unknown frames per second.
-    max_control_frames: int = 1000
-
-
-class StreamRequest:
-    """A request head arrived on a new stream."""
-
-    __slots__ = ("ended", "request", "stream_id")
-
-    def __init__(self, stream_id: int, request: Request, ended: bool) -> None:
-        self.stream_id = stream_id
-        self.request = request
-        self.ended = ended
-
-
-class StreamData:
-    """Body bytes; ``flow`` is what to acknowledge once they are consumed."""
-
-    __slots__ = ("data", "flow", "stream_id")
-
-    def __init__(self, stream_id: int, data: bytes, flow: int) -> None:
-        self.stream_id = stream_id
-        self.data = data
-        self.flow = flow
-
-
-class StreamEnd:
-    """The client finished sending on this stream."""
-
-    __slots__ = ("stream_id",)
-
-    def __init__(self, stream_id: int) -> None:
-        self.stream_id = stream_id
-
-
-class StreamReset:
-    """The client reset this stream (or h2 did, for a stream-level error)."""
-
-    __slots__ = ("stream_id",)
-
-    def __init__(self, stream_id: int) -> None:
-        self.stream_id = stream_id
-
-
-class StreamRefused:
-    """A request the server answers itself with ``status``; it never
-    reaches the application."""
-
-    __slots__ = ("detail", "status", "stream_id")
-
-    def __init__(self, stream_id: int, status: int, detail: str) -> None:
-        self.stream_id = stream_id
-        self.status = status
-        self.detail = detail
-
-
-class WindowOpened:
-    """Sending may go on: ``stream_id`` 0 means every stream."""
-
-    __slots__ = ("stream_id",)
-
-    def __init__(self, stream_id: int) -> None:
-        self.stream_id = stream_id
-
-
-class PeerGoAway:
-    """The client announced it is done with the connection."""
-
-    __slots__ = ("error_code",)
-
-    def __init__(self, error_code: int) -> None:
-        self.error_code = error_code
-
-
-H2Event = (
-    StreamRequest
-    | StreamData
-    | StreamEnd
-    | StreamReset
-    | StreamRefused
-    | WindowOpened
-    | PeerGoAway
+from .events import Headers
+from .http2 import (
+    _HOP_BY_HOP,
+    H2Event,
+    H2Limits,
+    PeerGoAway,
+    StreamData,
+    StreamEnd,
+    StreamRefused,
+    StreamRequest,
+    StreamReset,
+    WindowOpened,
+    build_request,
 )
+from .http11_rules import Limits
 
+_REMOTE_OPEN = (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL)
 _CONTROL_EVENTS = (
     h2.events.PingReceived,
     h2.events.PingAckReceived,
@@ -167,12 +63,6 @@ _CONTROL_EVENTS = (
     h2.events.SettingsAcknowledged,
     h2.events.PriorityUpdated,
     h2.events.UnknownFrameReceived,
-)
-# RFC 9113 section 8.2.2: meaningful only to the HTTP/1.1 hop; h2 refuses
-# them inbound and outbound, so an application setting them (Werkzeug never
-# does, a proxying view might) has them dropped rather than failing.
-_HOP_BY_HOP = frozenset(
-    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
 )
 
 
@@ -195,8 +85,8 @@ class _Decoder(hpack.Decoder):
             raise _CompressionError(f"Error decoding header block: {exc}") from exc
 
 
-class H2Driver:
-    """One server-side HTTP/2 connection."""
+class H2LibDriver:
+    """One server-side HTTP/2 connection, on h2."""
 
     __slots__ = (
         "_admitted",
@@ -378,151 +268,13 @@ class H2Driver:
             return
         self._admitted += 1
         try:
-            request = self.build_request(event.headers or [], ended)
+            request = build_request(event.headers or [], ended, self.header_limits)
         except ProtocolError as exc:
             out.append(StreamRefused(sid, exc.status, exc.detail))
             return
         out.append(StreamRequest(sid, request, ended))
         if ended:
             out.append(StreamEnd(sid))
-
-    def build_request(self, raw: list[tuple[bytes, bytes]], ended: bool) -> Request:
-        """The :class:`Request` of a decoded header block, or the refusal
-        (:class:`ProtocolError` with its status) for a malformed one.
-
-        RFC 9113 section 8.2/8.3 checked in one pass here rather than by h2's
-        validation pipeline (a chain of generators and per-byte loops that
-        cost more than the rest of the request): names lower-case tokens,
-        values free of control bytes and surrounding whitespace, pseudo
-        fields known, single and first, no connection-specific fields, Host
-        agreeing with :authority, Cookie crumbs joined.  A malformed request
-        is answered 400 on its stream (section 8.1.1 allows a response
-        before the reset); the connection goes on.
-        """
-        limits = self.header_limits
-        method = target = authority = scheme = b""
-        protocol: bytes | None = None
-        headers: Headers = []
-        host: bytes | None = None
-        cookies: list[bytes] | None = None
-        expect = False
-        regular = False
-        max_field = limits.max_field_size
-        for name, value in raw:
-            if name[:1] == b":":
-                if regular:
-                    raise ProtocolError("pseudo-header field after a regular field")
-                if name == b":method":
-                    if method:
-                        raise ProtocolError("repeated :method")
-                    method = value
-                elif name == b":path":
-                    if target:
-                        raise ProtocolError("repeated :path")
-                    target = value
-                elif name == b":scheme":
-                    if scheme:
-                        raise ProtocolError("repeated :scheme")
-                    scheme = value
-                elif name == b":authority":
-                    if authority:
-                        raise ProtocolError("repeated :authority")
-                    authority = value
-                elif name == b":protocol":
-                    if protocol is not None:
-                        raise ProtocolError("repeated :protocol")
-                    protocol = value
-                else:
-                    raise ProtocolError("unknown pseudo-header field")
-                continue
-            regular = True
-            if not name or name.translate(None, _NAME_CHARS):
-                raise ProtocolError("invalid header field name")
-            if value and (
-                _BAD_VALUE.search(value) is not None or value[:1] in _OWS or value[-1:] in _OWS
-            ):
-                raise ProtocolError("invalid header field value")
-            if max_field and len(name) + len(value) + 2 > max_field:
-                raise ProtocolError("header field too large", 431)
-            special = _SPECIAL.get(name)
-            if special is not None:
-                if special == _CONNECTION_SPECIFIC:
-                    raise ProtocolError("connection-specific header field")
-                if special == _TE:
-                    if value != b"trailers":
-                        raise ProtocolError("TE other than trailers")
-                elif special == _HOST_FIELD:
-                    if host is not None:
-                        raise ProtocolError("more than one Host header")
-                    host = value
-                elif special == _EXPECT:
-                    if value.lower() != b"100-continue":
-                        raise ProtocolError("unsupported expectation", 417)
-                    expect = True
-                else:  # cookie: crumbs are joined (RFC 9113 section 8.2.3)
-                    if cookies is None:
-                        cookies = []
-                    cookies.append(value)
-                    continue
-            headers.append((name, value))
-        if cookies is not None:
-            headers.append((b"cookie", b"; ".join(cookies)))
-        if len(headers) > limits.max_fields:
-            raise ProtocolError("too many header fields", 431)
-        if protocol is not None:
-            # RFC 8441 section 4: extended CONNECT, a WebSocket's only use.
-            if method != b"CONNECT":
-                raise ProtocolError(":protocol in a request other than CONNECT")
-            if protocol.lower() != b"websocket":
-                raise ProtocolError("extended CONNECT for another protocol than websocket", 501)
-        elif method == b"CONNECT":
-            raise ProtocolError("CONNECT is not supported", 501)
-        if not method or not scheme or not target:
-            raise ProtocolError("missing :method, :scheme or :path")
-        if method.translate(None, _TOKEN_CHARS):
-            raise ProtocolError("invalid method")
-        if limits.max_request_line and len(target) + len(method) + 10 > limits.max_request_line:
-            raise ProtocolError("request target too long", 414)
-        if target.translate(None, _TARGET_INVALID):
-            raise ProtocolError("invalid byte in request target")
-        if target[:1] == b"/":
-            path, _, query = target.partition(b"?")
-        elif target == b"*" and method == b"OPTIONS":
-            path, query = b"*", b""
-        else:
-            raise ProtocolError("invalid request target")
-        if b"#" in path:
-            path, query = path.partition(b"#")[0], b""
-        elif b"#" in query:
-            query = query.partition(b"#")[0]
-        if authority:
-            if host is not None and host != authority:
-                raise ProtocolError(":authority and Host differ")
-            if HOST.fullmatch(authority) is None:
-                raise ProtocolError("invalid :authority")
-            if host is None:
-                # RFC 9113 section 8.3.1: :authority takes Host's place; WSGI
-                # and most ASGI code look for Host.
-                headers.insert(0, (b"host", authority))
-        elif host is not None:
-            if HOST.fullmatch(host) is None:
-                raise ProtocolError("invalid Host header")
-            authority = host
-        else:
-            raise ProtocolError("missing :authority and Host")
-        return Request(
-            method,
-            target,
-            path,
-            query,
-            authority,
-            "2",
-            headers,
-            keep_alive=True,
-            expect_continue=expect and not ended,
-            has_body=not ended,
-            upgrade=protocol is not None,
-        )
 
     # -- flow control and sending ----------------------------------------------
 
