@@ -645,7 +645,9 @@ class H2Driver:
             # Trailers (RFC 9113 section 8.1): they must end the stream.
             if stream.remote_closed:
                 self._stream_error(sid, ErrorCodes.STREAM_CLOSED, out)
-            elif not ended:
+            elif not ended or stream.body_left > 0:
+                # Trailers that do not end the stream, or a body short of
+                # its Content-Length (RFC 9113 section 8.1.1): malformed.
                 self._stream_error(sid, ErrorCodes.PROTOCOL_ERROR, out)
             else:
                 self._remote_end(stream, out)
