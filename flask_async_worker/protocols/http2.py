@@ -56,7 +56,7 @@ _TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKL
 _NAME_CHARS = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _OWS = (b" ", b"\t")
-_CONNECTION_SPECIFIC, _TE, _HOST_FIELD, _EXPECT, _COOKIE = range(5)
+_CONNECTION_SPECIFIC, _TE, _HOST_FIELD, _EXPECT, _COOKIE, _CONTENT_LENGTH = range(6)
 _SPECIAL = {
     b"connection": _CONNECTION_SPECIFIC,
     b"keep-alive": _CONNECTION_SPECIFIC,
@@ -67,6 +67,7 @@ _SPECIAL = {
     b"host": _HOST_FIELD,
     b"expect": _EXPECT,
     b"cookie": _COOKIE,
+    b"content-length": _CONTENT_LENGTH,
 }
 
 
@@ -193,6 +194,7 @@ def build_request(raw: list[tuple[bytes, bytes]], ended: bool, limits: Limits) -
     headers: Headers = []
     host: bytes | None = None
     cookies: list[bytes] | None = None
+    length: bytes | None = None
     expect = False
     regular = False
     max_field = limits.max_field_size
@@ -243,11 +245,15 @@ def build_request(raw: list[tuple[bytes, bytes]], ended: bool, limits: Limits) -
                 if host is not None:
                     raise ProtocolError("more than one Host header")
                 host = value
+            elif special == _CONTENT_LENGTH:
+                if not value.isdigit() or (length is not None and value != length):
+                    raise ProtocolError("invalid Content-Length")
+                length = value
             elif special == _EXPECT:
                 if value.lower() != b"100-continue":
                     raise ProtocolError("unsupported expectation", 417)
                 expect = True
-            else:  # cookie: crumbs are joined (RFC 9113 section 8.2.3)
+            elif special == _COOKIE:  # crumbs are joined (RFC 9113 section 8.2.3)
                 if cookies is None:
                     cookies = []
                 cookies.append(value)
@@ -255,6 +261,9 @@ def build_request(raw: list[tuple[bytes, bytes]], ended: bool, limits: Limits) -
         headers.append((name, value))
     if cookies is not None:
         headers.append((b"cookie", b"; ".join(cookies)))
+    if ended and length is not None and int(length):
+        # RFC 9113 section 8.1.1: the body (none) must match it.
+        raise ProtocolError("Content-Length on a request without a body")
     if len(headers) > limits.max_fields:
         raise ProtocolError("too many header fields", 431)
     if protocol is not None:
@@ -330,9 +339,12 @@ _DEFAULT_WINDOW = 65535
 _DEFAULT_FRAME = 16384
 #: CONTINUATION frames one header block may take (a client needs one or two).
 MAX_CONTINUATIONS = 64
-#: Streams remembered after they close, to tell frames still in flight
-#: (ignored) from frames on a stream that ended long ago.
+#: Streams remembered after they close, to answer late frames as RFC 9113
+#: section 5.1 says for how each one closed.
 _RECENT = 128
+#: How a remembered stream closed: both sides ended it; the server reset it
+#: (frames the client sent meanwhile are ignored); the client reset it.
+_ENDED, _RESET_BY_SERVER, _RESET_BY_CLIENT = range(3)
 
 
 def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
@@ -414,12 +426,12 @@ class H2Driver:
         self._settings_seen = False
         self._local_acked = False
         # The open streams, by id; closed ones are dropped at once and
-        # remembered in _recent (id -> True when the server reset it).
+        # remembered in _recent (id -> how it closed).
         self.streams: dict[int, _Stream] = {}
-        self._recent: dict[int, bool] = {}
-        # (stream id, END_STREAM, fragments, CONTINUATION frames) of a
-        # header block still arriving.
-        self._block: tuple[int, bool, bytearray, list[int]] | None = None
+        self._recent: dict[int, int] = {}
+        # (stream id, END_STREAM, depends on itself, fragments, CONTINUATION
+        # frames) of a header block still arriving.
+        self._block: tuple[int, bool, bool, bytearray, list[int]] | None = None
         # The client's settings that shape what the server sends.
         self._peer_window = _DEFAULT_WINDOW
         self._peer_frame = _DEFAULT_FRAME
@@ -585,28 +597,24 @@ class H2Driver:
         if sid == 0 or not sid & 1:
             raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, f"invalid stream ID {sid}")
         block = self._unpad(flags, payload)
+        itself = False
         if flags & PRIORITY_FLAG:
             if len(block) < 5:
                 raise _ConnectionError(ErrorCodes.FRAME_SIZE_ERROR, "HEADERS priority truncated")
-            depends = _U32.unpack_from(block)[0] & 0x7FFFFFFF
+            itself = _U32.unpack_from(block)[0] & 0x7FFFFFFF == sid
             block = block[5:]
-            if depends == sid:
-                # RFC 9113 section 5.3.1: a stream cannot depend on itself.
-                self._decode(block)  # the HPACK state must stay in step
-                self._stream_error(sid, ErrorCodes.PROTOCOL_ERROR, out)
-                return
         if flags & END_HEADERS:
-            self._header_block(sid, bool(flags & END_STREAM), block, out)
+            self._header_block(sid, bool(flags & END_STREAM), itself, block, out)
         else:
             if len(block) > self._limits.max_header_list_size:
                 raise self._oversized()
-            self._block = (sid, bool(flags & END_STREAM), bytearray(block), [0])
+            self._block = (sid, bool(flags & END_STREAM), itself, bytearray(block), [0])
 
     def _continuation(
         self, kind: int, flags: int, sid: int, payload: bytes, out: list[H2Event]
     ) -> None:
         assert self._block is not None
-        block_sid, ended, block, count = self._block
+        block_sid, ended, itself, block, count = self._block
         if kind != CONTINUATION or sid != block_sid:
             raise _ConnectionError(
                 ErrorCodes.PROTOCOL_ERROR, "header block interrupted by another frame"
@@ -619,7 +627,7 @@ class H2Driver:
             raise self._oversized()
         if flags & END_HEADERS:
             self._block = None
-            self._header_block(sid, ended, bytes(block), out)
+            self._header_block(sid, ended, itself, bytes(block), out)
 
     def _oversized(self) -> _ConnectionError:
         return _ConnectionError(
@@ -638,30 +646,48 @@ class H2Driver:
                 ErrorCodes.COMPRESSION_ERROR, f"Error decoding header block: {exc}"
             ) from None
 
-    def _header_block(self, sid: int, ended: bool, block: bytes, out: list[H2Event]) -> None:
+    def _header_block(
+        self, sid: int, ended: bool, itself: bool, block: bytes, out: list[H2Event]
+    ) -> None:
+        # Decoded whatever becomes of the stream: the HPACK state must stay
+        # in step with the client's (RFC 9113 section 4.3).
         fields = self._decode(block)
         stream = self.streams.get(sid)
         if stream is not None:
-            # Trailers (RFC 9113 section 8.1): they must end the stream.
+            # Trailers (RFC 9113 section 8.1): they must end the stream and
+            # carry no pseudo-header fields.
             if stream.remote_closed:
                 self._stream_error(sid, ErrorCodes.STREAM_CLOSED, out)
-            elif not ended or stream.body_left > 0:
-                # Trailers that do not end the stream, or a body short of
-                # its Content-Length (RFC 9113 section 8.1.1): malformed.
+            elif (
+                not ended
+                or itself
+                or stream.body_left > 0
+                or any(name[:1] == b":" for name, _ in fields)
+            ):
+                # Malformed (sections 8.1, 8.1.1, 5.3.1 of RFC 7540): a body
+                # short of its Content-Length, a stream depending on itself.
                 self._stream_error(sid, ErrorCodes.PROTOCOL_ERROR, out)
             else:
                 self._remote_end(stream, out)
             return
         if sid <= self.last_stream_id:
             recent = self._recent.get(sid)
-            if recent:
+            if recent == _RESET_BY_SERVER:
                 return  # in flight when the server reset it
+            if recent == _RESET_BY_CLIENT:
+                self._stream_error(sid, ErrorCodes.STREAM_CLOSED, out)
+                return
             if recent is None:
                 raise _ConnectionError(
                     ErrorCodes.PROTOCOL_ERROR, f"stream ID {sid} lower than one already used"
                 )
             raise _ConnectionError(ErrorCodes.STREAM_CLOSED, f"HEADERS on closed stream {sid}")
         self.last_stream_id = sid
+        if itself:
+            # RFC 7540 section 5.3.1 (kept by RFC 9113 section 5.3.2): a
+            # stream cannot depend on itself.
+            self._stream_error(sid, ErrorCodes.PROTOCOL_ERROR, out)
+            return
         stream = self._open(sid)
         if len(self.streams) > self._limits.max_concurrent_streams:
             self.reset(sid, ErrorCodes.REFUSED_STREAM)
@@ -692,12 +718,12 @@ class H2Driver:
         stream.remote_closed = True
         out.append(StreamEnd(stream.stream_id))
         if stream.local_closed:
-            self._close(stream.stream_id, False)
+            self._close(stream.stream_id, _ENDED)
 
-    def _close(self, sid: int, reset: bool) -> None:
+    def _close(self, sid: int, how: int) -> None:
         self.streams.pop(sid, None)
         recent = self._recent
-        recent[sid] = reset
+        recent[sid] = how
         if len(recent) > _RECENT:
             del recent[next(iter(recent))]
 
@@ -715,11 +741,17 @@ class H2Driver:
         if stream is None or stream.remote_closed:
             # Nobody reads it: the connection window is handed back.
             self.acknowledge(sid, flow)
-            if stream is not None:
+            recent = self._recent.get(sid)
+            if stream is not None or recent == _RESET_BY_CLIENT:
+                # Half-closed (remote), or reset by the client (RFC 9113
+                # sections 5.1 and 6.1).
                 self._stream_error(sid, ErrorCodes.STREAM_CLOSED, out)
             elif sid > self.last_stream_id:
                 raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, f"DATA on idle stream {sid}")
-            elif not self._recent.get(sid):
+            elif recent == _ENDED:
+                # After the client's own END_STREAM: a connection error.
+                raise _ConnectionError(ErrorCodes.STREAM_CLOSED, f"DATA on closed stream {sid}")
+            elif recent is None:
                 self._stream_error(sid, ErrorCodes.STREAM_CLOSED, out)
             return
         stream.recv_window -= flow
@@ -781,7 +813,7 @@ class H2Driver:
         if sid == 0 or sid > self.last_stream_id:
             raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")
         if sid in self.streams:
-            self._close(sid, True)
+            self._close(sid, _RESET_BY_CLIENT)
             out.append(StreamReset(sid))
             self._count_reset()
 
@@ -867,7 +899,7 @@ class H2Driver:
         it.  Counted with the client's resets: each costs the server a frame."""
         known = sid in self.streams
         self._out += _frame(RST_STREAM, 0, sid, _U32.pack(code))
-        self._close(sid, True)
+        self._close(sid, _RESET_BY_SERVER)
         if known:
             out.append(StreamReset(sid))
         self._count_reset()
@@ -948,7 +980,7 @@ class H2Driver:
     def _local_end(self, stream: _Stream) -> None:
         stream.local_closed = True
         if stream.remote_closed:
-            self._close(stream.stream_id, False)
+            self._close(stream.stream_id, _ENDED)
 
     def send_data(self, stream_id: int, data: memoryview, end_stream: bool) -> int:
         """Send what the windows allow of ``data`` (END_STREAM with its last
@@ -981,7 +1013,7 @@ class H2Driver:
     def reset(self, stream_id: int, code: int = ErrorCodes.INTERNAL_ERROR) -> None:
         if stream_id in self.streams:
             self._out += _frame(RST_STREAM, 0, stream_id, _U32.pack(code))
-            self._close(stream_id, True)
+            self._close(stream_id, _RESET_BY_SERVER)
 
     def remote_open(self, stream_id: int) -> bool:
         """The client may still send on the stream (its body is unread)."""
