@@ -481,9 +481,9 @@ class H2Driver:
 
     def initiate_upgrade(self, settings_header: bytes) -> None:
         """Start after ``Upgrade: h2c``: stream 1 is the upgraded request,
-        already complete on the client's side (RFC 9113 section 3.2 of
-        RFC 7540).  The HTTP2-Settings header stands for the client's first
-        SETTINGS frame, which is not acknowledged."""
+        already complete on the client's side (RFC 7540 section 3.2).  The
+        HTTP2-Settings header stands for the client's first SETTINGS frame,
+        which is not acknowledged."""
         try:
             payload = base64.urlsafe_b64decode(
                 settings_header + b"=" * (-len(settings_header) % 4)
