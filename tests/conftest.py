@@ -23,6 +23,9 @@ from typing import Any
 
 import pytest
 
+from flask_async_worker.protocols.http2 import H2Driver
+from flask_async_worker.protocols.http2_h2lib import H2LibDriver
+
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
 EXAMPLES = ROOT / "examples"
@@ -180,6 +183,23 @@ def http2_engine(request: pytest.FixtureRequest) -> str:
 
 def engine_env(engine: str, env: dict[str, str] | None = None) -> dict[str, str]:
     return {**(env or {}), "FLASK_ASYNC_WORKER_HTTP2_ENGINE": engine}
+
+
+H2DriverClass = type[H2Driver] | type[H2LibDriver]
+H2_DRIVER_CLASSES: dict[str, H2DriverClass] = {"native": H2Driver, "h2": H2LibDriver}
+
+
+def driver_engine_fixture(module: str) -> Any:
+    """An autouse fixture, named ``engine``, that runs each test of the
+    sans-IO module ``module`` once per HTTP/2 engine, with the module's
+    ``Driver`` global set to that engine's driver class."""
+
+    @pytest.fixture(autouse=True, params=list(H2_DRIVER_CLASSES))
+    def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+        monkeypatch.setattr(sys.modules[module], "Driver", H2_DRIVER_CLASSES[request.param])
+        return str(request.param)
+
+    return engine
 
 
 @pytest.fixture

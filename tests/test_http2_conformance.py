@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import struct
-import sys
 
 import h2.config
 import h2.connection
@@ -52,20 +51,12 @@ from flask_async_worker.protocols.http2 import (
     StreamRequest,
     StreamReset,
 )
-from flask_async_worker.protocols.http2_h2lib import H2LibDriver
 from flask_async_worker.protocols.http11_rules import Limits
 
-ENGINES: dict[str, type[H2Driver] | type[H2LibDriver]] = {
-    "native": H2Driver,
-    "h2": H2LibDriver,
-}
-Driver: type[H2Driver] | type[H2LibDriver] = H2Driver
+from .conftest import H2_DRIVER_CLASSES, H2DriverClass, driver_engine_fixture
 
-
-@pytest.fixture(autouse=True, params=list(ENGINES))
-def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setattr(sys.modules[__name__], "Driver", ENGINES[request.param])
-    return str(request.param)
+Driver: H2DriverClass = H2Driver
+engine = driver_engine_fixture(__name__)
 
 
 #: For a rule h2 itself does not follow: the test runs on the native engine.
@@ -80,7 +71,7 @@ def known_bugs(**reasons: str) -> pytest.MarkDecorator:
             pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=reasons[name]))
             if name in reasons
             else name
-            for name in ENGINES
+            for name in H2_DRIVER_CLASSES
         ],
         indirect=True,
     )

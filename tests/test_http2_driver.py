@@ -11,8 +11,6 @@ the same cases through a real worker.
 
 from __future__ import annotations
 
-import sys
-
 import h2.config
 import h2.connection
 import h2.events
@@ -33,20 +31,12 @@ from flask_async_worker.protocols.http2 import (
     StreamReset,
     WindowOpened,
 )
-from flask_async_worker.protocols.http2_h2lib import H2LibDriver
 from flask_async_worker.protocols.http11_rules import Limits
 
-ENGINES: dict[str, type[H2Driver] | type[H2LibDriver]] = {
-    "native": H2Driver,
-    "h2": H2LibDriver,
-}
-Driver: type[H2Driver] | type[H2LibDriver] = H2Driver
+from .conftest import H2DriverClass, driver_engine_fixture
 
-
-@pytest.fixture(autouse=True, params=list(ENGINES))
-def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setattr(sys.modules[__name__], "Driver", ENGINES[request.param])
-    return str(request.param)
+Driver: H2DriverClass = H2Driver
+engine = driver_engine_fixture(__name__)
 
 
 class Pair:

@@ -347,6 +347,39 @@ _RECENT = 128
 _ENDED, _RESET_BY_SERVER, _RESET_BY_CLIENT = range(3)
 
 
+class FloodBounds:
+    """What a client may make the server do for free, counted per second
+    (both engines): streams reset or refused, and control frames.  Past a
+    bound the driver's ``_calm`` ends the connection (ENHANCE_YOUR_CALM)."""
+
+    __slots__ = ("_control", "_limits", "_period", "_resets")
+
+    def __init__(self, limits: H2Limits) -> None:
+        self._limits = limits
+        self._period = 0.0
+        self._resets = 0
+        self._control = 0
+
+    def _new_second(self, now: float) -> None:
+        if now - self._period >= 1.0:
+            self._period = now
+            self._resets = 0
+            self._control = 0
+
+    def _count_reset(self) -> None:
+        self._resets += 1
+        if self._resets > self._limits.max_resets:
+            self._calm("too many streams reset")
+
+    def _count_control(self) -> None:
+        self._control += 1
+        if self._control > self._limits.max_control_frames:
+            self._calm("too many control frames")
+
+    def _calm(self, why: str) -> None:
+        raise NotImplementedError
+
+
 def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     length = len(payload)
     return _HEAD.pack(length >> 16, length & 0xFFFF, kind, flags, stream_id) + payload
@@ -385,7 +418,7 @@ class _Stream:
         self.body_left = -1
 
 
-class H2Driver:
+class H2Driver(FloodBounds):
     """One server-side HTTP/2 connection."""
 
     __slots__ = (
@@ -393,20 +426,16 @@ class H2Driver:
         "_buffer",
         "_conn_pending",
         "_conn_threshold",
-        "_control",
         "_decoder",
         "_encoder",
         "_goaway_sent",
-        "_limits",
         "_local_acked",
         "_out",
         "_peer_frame",
         "_peer_window",
-        "_period",
         "_preface",
         "_recent",
         "_recv_window",
-        "_resets",
         "_send_window",
         "_settings_seen",
         "header_limits",
@@ -416,7 +445,7 @@ class H2Driver:
     )
 
     def __init__(self, limits: H2Limits, header_limits: Limits) -> None:
-        self._limits = limits
+        super().__init__(limits)
         self.header_limits = header_limits
         self._encoder = hpack.Encoder()
         self._decoder = hpack.Decoder(max_header_list_size=limits.max_header_list_size)
@@ -440,9 +469,6 @@ class H2Driver:
         self._recv_window = _DEFAULT_WINDOW
         self._conn_pending = 0
         self._conn_threshold = _DEFAULT_WINDOW // 2
-        self._period = 0.0
-        self._resets = 0
-        self._control = 0
         self.last_stream_id = 0
         self.terminated = False
         self._goaway_sent = False
@@ -503,10 +529,7 @@ class H2Driver:
         connection must end (a GOAWAY is then in :meth:`data_to_send`)."""
         if self.terminated:
             return []
-        if now - self._period >= 1.0:
-            self._period = now
-            self._resets = 0
-            self._control = 0
+        self._new_second(now)
         if self._buffer:
             data = self._buffer + data
             self._buffer = b""
@@ -903,16 +926,6 @@ class H2Driver:
         if known:
             out.append(StreamReset(sid))
         self._count_reset()
-
-    def _count_reset(self) -> None:
-        self._resets += 1
-        if self._resets > self._limits.max_resets:
-            self._calm("too many streams reset")
-
-    def _count_control(self) -> None:
-        self._control += 1
-        if self._control > self._limits.max_control_frames:
-            self._calm("too many control frames")
 
     def _calm(self, why: str) -> None:
         self._fail(ErrorCodes.ENHANCE_YOUR_CALM)

@@ -42,6 +42,7 @@ from .errors import ProtocolError
 from .events import Headers
 from .http2 import (
     _HOP_BY_HOP,
+    FloodBounds,
     H2Event,
     H2Limits,
     PeerGoAway,
@@ -85,17 +86,13 @@ class _Decoder(hpack.Decoder):
             raise _CompressionError(f"Error decoding header block: {exc}") from exc
 
 
-class H2LibDriver:
+class H2LibDriver(FloodBounds):
     """One server-side HTTP/2 connection, on h2."""
 
     __slots__ = (
         "_admitted",
-        "_control",
         "_goaway",
         "_goaway_sent",
-        "_limits",
-        "_period",
-        "_resets",
         "conn",
         "header_limits",
         "last_stream_id",
@@ -129,11 +126,8 @@ class H2LibDriver:
         # from the settings it announces.
         self.conn.max_inbound_frame_size = limits.max_frame_size
         self.conn.decoder.max_header_list_size = limits.max_header_list_size
-        self._limits = limits
+        super().__init__(limits)
         self.header_limits = header_limits
-        self._period = 0.0
-        self._resets = 0
-        self._control = 0
         self._admitted = 0
         self.last_stream_id = 0
         self.terminated = False
@@ -187,10 +181,7 @@ class H2LibDriver:
     def receive_data(self, data: bytes, now: float) -> list[H2Event]:
         """The events in ``data``; raises :class:`ProtocolError` when the
         connection must end (a GOAWAY is then in :meth:`data_to_send`)."""
-        if now - self._period >= 1.0:
-            self._period = now
-            self._resets = 0
-            self._control = 0
+        self._new_second(now)
         # Streams open before this data; the ones it opens are admitted in
         # order, so the stream over the limit is refused, not an earlier one.
         self._admitted = self.conn.open_inbound_streams
@@ -239,16 +230,6 @@ class H2LibDriver:
             elif isinstance(event, _CONTROL_EVENTS):
                 self._count_control()
         return out
-
-    def _count_reset(self) -> None:
-        self._resets += 1
-        if self._resets > self._limits.max_resets:
-            self._calm("too many streams reset")
-
-    def _count_control(self) -> None:
-        self._control += 1
-        if self._control > self._limits.max_control_frames:
-            self._calm("too many control frames")
 
     def _calm(self, why: str) -> None:
         self.terminated = True
