@@ -179,7 +179,7 @@ class WebSocketProtocol(RequestCycle):
                 data = inbox.popleft()
                 if not inbox:
                     self.inbox = None
-                self.inbox_size -= len(data)
+                self.inbox_size -= _size(data)
                 self._taken()
                 if type(data) is str:
                     return {"type": "websocket.receive", "text": data}
@@ -294,7 +294,7 @@ class WebSocketProtocol(RequestCycle):
                 if inbox is None:
                     inbox = self.inbox = deque()
                 inbox.append(event)
-                self.inbox_size += len(event)
+                self.inbox_size += _size(event)
             elif event is not PONG:
                 self._peer_closed(event)
         self._wake()
@@ -343,6 +343,14 @@ class WebSocketProtocol(RequestCycle):
 
 
 #: The fields of WebSocketProtocol, declared by each concrete class.
+def _size(message: str | bytes) -> int:
+    """A received message's size in bytes, as BODY_BUFFER counts it: a
+    text message is UTF-8 on the wire (``isascii`` is O(1) on CPython)."""
+    if isinstance(message, bytes) or message.isascii():
+        return len(message)
+    return len(message.encode("utf-8", "surrogatepass"))
+
+
 WS_SLOTS = ("closed_info", "connect_sent", "handshake", "inbox", "inbox_size", "state", "ws")
 
 

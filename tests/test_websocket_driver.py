@@ -1055,3 +1055,16 @@ def test_deflate_bomb_with_pings_between_fragments_is_stopped() -> None:
 def test_compression_violations(data: bytes, code: int) -> None:
     ws = driver(offer=OFFER)
     assert_failed(ws, feed(ws, data), code)
+
+
+def test_received_messages_are_counted_in_wire_bytes() -> None:
+    """BODY_BUFFER bounds the messages queued ahead of the app in bytes: a
+    text message counts its UTF-8 size, up to four bytes a character."""
+    from flask_async_worker.server_ws import _size
+
+    assert _size(b"\xff" * 10) == 10
+    assert _size("plain ascii") == 11
+    assert _size("é" * 10) == 20
+    assert _size("\U0001f600" * 10) == 40
+    # A lone surrogate (a client cannot send one; the count must not fail).
+    assert _size("\ud800") == 3
