@@ -31,6 +31,7 @@ from .protocols.http2 import (
     PeerGoAway,
     StreamData,
     StreamEnd,
+    StreamFault,
     StreamRefused,
     StreamRequest,
     StreamReset,
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
 class H2Session:
     """The HTTP/2 side of one connection: its streams and their sending."""
 
-    __slots__ = ("conn", "draining", "driver", "flush_due", "pending", "streams")
+    __slots__ = ("conn", "draining", "driver", "fault_logged", "flush_due", "pending", "streams")
 
     def __init__(self, conn: HTTPConnection, driver: H2Driver | H2LibDriver) -> None:
         self.conn = conn
@@ -67,6 +68,10 @@ class H2Session:
         self.pending: dict[int, H2Stream] = {}
         self.draining = False
         self.flush_due = False
+        # Stream-level faults are logged once per connection: each one a
+        # client commits costs it only a frame, and its flood bound (h2_max_
+        # resets) ends the connection, which is logged too.
+        self.fault_logged = False
 
     # -- input -------------------------------------------------------------------
 
@@ -127,6 +132,15 @@ class H2Session:
                     stream.on_disconnect()
             elif kind is StreamRefused:
                 self._refuse(event)  # type: ignore[arg-type]
+            elif kind is StreamFault:
+                if not self.fault_logged:
+                    self.fault_logged = True
+                    conn.server.log.warning(
+                        "Invalid HTTP/2 stream from ip=%s: %s; stream %d reset",
+                        conn.client_ip,
+                        event.detail,  # type: ignore[union-attr]
+                        event.stream_id,  # type: ignore[union-attr]
+                    )
             elif kind is PeerGoAway:
                 self.draining = True
         self.flush()

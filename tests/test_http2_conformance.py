@@ -47,6 +47,7 @@ from flask_async_worker.protocols.http2 import (
     PeerGoAway,
     StreamData,
     StreamEnd,
+    StreamFault,
     StreamRefused,
     StreamRequest,
     StreamReset,
@@ -719,7 +720,8 @@ def test_headers_after_the_clients_own_reset():
     client.send(RstStreamFrame(1, ErrorCodes.CANCEL))
     trailers = client.headers(1, [(b"x-trailer", b"late")], end_stream=True)
     try:
-        assert client.send(trailers) == []
+        # Nothing for the application (a fault to log at most).
+        assert all(isinstance(e, StreamFault) for e in client.send(trailers))
     except ProtocolError:
         goaway = [f for f in client.take() if isinstance(f, GoAwayFrame)]
         assert goaway[-1].error_code == ErrorCodes.STREAM_CLOSED
@@ -929,6 +931,28 @@ def test_window_update_of_zero_on_a_stream(engine: str):
     if engine == "native":
         assert outcome == "stream"
         client.alive(3)
+
+
+@native_only  # h2 resets streams itself and reports nothing to log.
+def test_stream_errors_are_reported_for_the_log():
+    """Bad input is logged: each stream error comes with a StreamFault
+    saying what the client did, beside the StreamReset that ends the
+    application's stream."""
+    client = Client()
+    client.request(1, POST, end_stream=False)
+    events = client.send_bytes(raw(WINDOW_UPDATE, 0, 1, b"\0\0\0\0"))
+    faults = [(e.stream_id, e.detail) for e in events if isinstance(e, StreamFault)]
+    assert faults == [(1, "WINDOW_UPDATE of 0")]
+    assert [e.stream_id for e in events if isinstance(e, StreamReset)] == [1]
+    # A stream the application no longer has (the client reset it) is
+    # reported too, without a reset event.
+    client.request(3, POST, end_stream=False)
+    client.send(RstStreamFrame(3, ErrorCodes.CANCEL))
+    events = client.send(DataFrame(3, b"late"))
+    assert [(e.stream_id, e.detail) for e in events if isinstance(e, StreamFault)] == [
+        (3, "DATA after the client ended or reset the stream")
+    ]
+    assert len(events) == 1
 
 
 @pytest.mark.parametrize("payload", [b"\0\0\x01", b"\0\0\0\x01\0"], ids=["3", "5"])

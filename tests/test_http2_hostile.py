@@ -42,6 +42,7 @@ from hyperframe.frame import (
     PriorityFrame,
     RstStreamFrame,
     SettingsFrame,
+    WindowUpdateFrame,
 )
 
 from .conftest import Gunicorn, SocketClient, closed_after, raw_request, status_of
@@ -834,6 +835,7 @@ def test_data_beyond_window_is_flow_control_error(server: Gunicorn, pid: int) ->
             # A stream error (RFC 9113 section 6.9.1 allows either): the
             # connection goes on.
             assert client.resets()[sid] == ErrorCodes.FLOW_CONTROL_ERROR
+            assert_logged_once(server, mark, "Invalid HTTP/2 stream from ip=127.0.0.1")
             client.in_sync = True
             other = client.request("/hello")
             assert client.response(other).status == 200
@@ -841,6 +843,36 @@ def test_data_beyond_window_is_flow_control_error(server: Gunicorn, pid: int) ->
             assert goaway.error_code == ErrorCodes.FLOW_CONTROL_ERROR
             client.wait_closed()
             assert_logged_once(server, mark, "Invalid HTTP/2 from ip=127.0.0.1")
+    assert_serving(server, pid)
+
+
+def test_stream_faults_reset_their_stream_and_are_logged_once(
+    server: Gunicorn, pid: int, http2_engine: str
+) -> None:
+    """A stream-level fault (here a WINDOW_UPDATE of 0, RFC 9113 section
+    6.9) resets only its stream; the first on a connection is logged, the
+    rest only counted (each costs the client no more than a frame)."""
+    if http2_engine == "h2":
+        pytest.skip("h2 resets such streams itself, without telling the server")
+    mark = log_mark(server)
+    with H2Client(server.port) as client:
+        client.handshake()
+        first = client.request("/sse?name=fault-1")
+        second = client.request("/sse?name=fault-2")
+        client.wait(lambda: bool(client.responses[second].body), what="events")
+        client.in_sync = False
+        client.send_frames(WindowUpdateFrame(first, 0), WindowUpdateFrame(second, 0))
+        client.wait(lambda: {first, second} <= set(client.resets()), what="RST_STREAM")
+        assert client.resets() == {
+            first: ErrorCodes.PROTOCOL_ERROR,
+            second: ErrorCodes.PROTOCOL_ERROR,
+        }
+        assert_logged_once(server, mark, "Invalid HTTP/2 stream from ip=127.0.0.1")
+        assert "WINDOW_UPDATE of 0; stream" in log_lines(server, mark, "Invalid HTTP/2")[0]
+        client.in_sync = True
+        other = client.request("/hello")
+        assert client.response(other).status == 200
+        assert client.goaway() is None
     assert_serving(server, pid)
 
 

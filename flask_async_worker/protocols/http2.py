@@ -140,6 +140,16 @@ class StreamRefused:
         self.detail = detail
 
 
+class StreamFault:
+    """The client broke a stream-level rule; the stream was reset."""
+
+    __slots__ = ("detail", "stream_id")
+
+    def __init__(self, stream_id: int, detail: str) -> None:
+        self.stream_id = stream_id
+        self.detail = detail
+
+
 class WindowOpened:
     """Sending may go on: ``stream_id`` 0 means every stream."""
 
@@ -164,6 +174,7 @@ H2Event = (
     | StreamEnd
     | StreamReset
     | StreamRefused
+    | StreamFault
     | WindowOpened
     | PeerGoAway
 )
@@ -680,7 +691,9 @@ class H2Driver(FloodBounds):
             # Trailers (RFC 9113 section 8.1): they must end the stream and
             # carry no pseudo-header fields.
             if stream.remote_closed:
-                self._stream_error(sid, ErrorCodes.STREAM_CLOSED, out)
+                self._stream_error(
+                    sid, ErrorCodes.STREAM_CLOSED, out, "HEADERS after the client ended the stream"
+                )
             elif (
                 not ended
                 or itself
@@ -689,7 +702,9 @@ class H2Driver(FloodBounds):
             ):
                 # Malformed (sections 8.1, 8.1.1, 5.3.1 of RFC 7540): a body
                 # short of its Content-Length, a stream depending on itself.
-                self._stream_error(sid, ErrorCodes.PROTOCOL_ERROR, out)
+                self._stream_error(
+                    sid, ErrorCodes.PROTOCOL_ERROR, out, "malformed trailers or body"
+                )
             else:
                 self._remote_end(stream, out)
             return
@@ -698,7 +713,9 @@ class H2Driver(FloodBounds):
             if recent == _RESET_BY_SERVER:
                 return  # in flight when the server reset it
             if recent == _RESET_BY_CLIENT:
-                self._stream_error(sid, ErrorCodes.STREAM_CLOSED, out)
+                self._stream_error(
+                    sid, ErrorCodes.STREAM_CLOSED, out, "HEADERS after the client reset the stream"
+                )
                 return
             if recent is None:
                 raise _ConnectionError(
@@ -709,7 +726,7 @@ class H2Driver(FloodBounds):
         if itself:
             # RFC 7540 section 5.3.1 (kept by RFC 9113 section 5.3.2): a
             # stream cannot depend on itself.
-            self._stream_error(sid, ErrorCodes.PROTOCOL_ERROR, out)
+            self._stream_error(sid, ErrorCodes.PROTOCOL_ERROR, out, "stream depends on itself")
             return
         stream = self._open(sid)
         if len(self.streams) > self._limits.max_concurrent_streams:
@@ -768,19 +785,26 @@ class H2Driver(FloodBounds):
             if stream is not None or recent == _RESET_BY_CLIENT:
                 # Half-closed (remote), or reset by the client (RFC 9113
                 # sections 5.1 and 6.1).
-                self._stream_error(sid, ErrorCodes.STREAM_CLOSED, out)
+                self._stream_error(
+                    sid,
+                    ErrorCodes.STREAM_CLOSED,
+                    out,
+                    "DATA after the client ended or reset the stream",
+                )
             elif sid > self.last_stream_id:
                 raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, f"DATA on idle stream {sid}")
             elif recent == _ENDED:
                 # After the client's own END_STREAM: a connection error.
                 raise _ConnectionError(ErrorCodes.STREAM_CLOSED, f"DATA on closed stream {sid}")
             elif recent is None:
-                self._stream_error(sid, ErrorCodes.STREAM_CLOSED, out)
+                self._stream_error(sid, ErrorCodes.STREAM_CLOSED, out, "DATA on a closed stream")
             return
         stream.recv_window -= flow
         if stream.recv_window < 0:
             self.acknowledge(sid, flow)
-            self._stream_error(sid, ErrorCodes.FLOW_CONTROL_ERROR, out)
+            self._stream_error(
+                sid, ErrorCodes.FLOW_CONTROL_ERROR, out, "DATA beyond the stream window"
+            )
             return
         if stream.body_left >= 0:
             stream.body_left -= len(data)
@@ -788,7 +812,9 @@ class H2Driver(FloodBounds):
                 # RFC 9113 section 8.1.1: a body that disagrees with its
                 # Content-Length makes the request malformed.
                 self.acknowledge(sid, flow)
-                self._stream_error(sid, ErrorCodes.PROTOCOL_ERROR, out)
+                self._stream_error(
+                    sid, ErrorCodes.PROTOCOL_ERROR, out, "body disagrees with Content-Length"
+                )
                 return
         if data:
             out.append(StreamData(sid, data, flow))
@@ -822,11 +848,13 @@ class H2Driver(FloodBounds):
                 )
             return  # a stream that closed meanwhile
         if not increment:
-            self._stream_error(sid, ErrorCodes.PROTOCOL_ERROR, out)
+            self._stream_error(sid, ErrorCodes.PROTOCOL_ERROR, out, "WINDOW_UPDATE of 0")
             return
         stream.send_window += increment
         if stream.send_window > _MAX_WINDOW:
-            self._stream_error(sid, ErrorCodes.FLOW_CONTROL_ERROR, out)
+            self._stream_error(
+                sid, ErrorCodes.FLOW_CONTROL_ERROR, out, "stream window over 2^31-1"
+            )
             return
         out.append(WindowOpened(sid))
 
@@ -917,7 +945,7 @@ class H2Driver(FloodBounds):
         code = _U32X2.unpack_from(payload)[1]
         out.append(PeerGoAway(code))
 
-    def _stream_error(self, sid: int, code: int, out: list[H2Event]) -> None:
+    def _stream_error(self, sid: int, code: int, out: list[H2Event], detail: str) -> None:
         """Reset one stream (RFC 9113 section 5.4.2); the server forgets
         it.  Counted with the client's resets: each costs the server a frame."""
         known = sid in self.streams
@@ -925,6 +953,7 @@ class H2Driver(FloodBounds):
         self._close(sid, _RESET_BY_SERVER)
         if known:
             out.append(StreamReset(sid))
+        out.append(StreamFault(sid, detail))
         self._count_reset()
 
     def _calm(self, why: str) -> None:
