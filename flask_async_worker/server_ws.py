@@ -342,7 +342,6 @@ class WebSocketProtocol(RequestCycle):
         super().on_disconnect()
 
 
-#: The fields of WebSocketProtocol, declared by each concrete class.
 def _size(message: str | bytes) -> int:
     """A received message's size in bytes, as BODY_BUFFER counts it: a
     text message is UTF-8 on the wire (``isascii`` is O(1) on CPython)."""
@@ -351,6 +350,7 @@ def _size(message: str | bytes) -> int:
     return len(message.encode("utf-8", "surrogatepass"))
 
 
+#: The fields of WebSocketProtocol, declared by each concrete class.
 WS_SLOTS = ("closed_info", "connect_sent", "handshake", "inbox", "inbox_size", "state", "ws")
 
 

@@ -425,3 +425,13 @@ def test_client_goaway_is_reported():
     pair = Pair()
     pair.client.close_connection()
     assert any(isinstance(e, PeerGoAway) for e in pair.to_server())
+
+
+def test_http2_engine_setting(engine: str) -> None:
+    from flask_async_worker.settings import Extra
+
+    assert Extra.from_environ({}).http2_engine == "native"
+    env = {"FLASK_ASYNC_WORKER_HTTP2_ENGINE": f" {engine.upper()} "}
+    assert Extra.from_environ(env).http2_engine == engine
+    with pytest.raises(ValueError, match="FLASK_ASYNC_WORKER_HTTP2_ENGINE"):
+        Extra.from_environ({"FLASK_ASYNC_WORKER_HTTP2_ENGINE": "nghttp2"})
