@@ -17,6 +17,7 @@ behaviour the RFC forbids: see their ``reason``.
 from __future__ import annotations
 
 import base64
+import random
 import struct
 
 import h2.config
@@ -1296,3 +1297,104 @@ def test_data_on_the_upgraded_stream():
         assert goaway[-1].error_code == ErrorCodes.STREAM_CLOSED
         return
     assert resets(frames(server.data_to_send())) == {1: ErrorCodes.STREAM_CLOSED}
+
+
+# -- whatever a client sends ------------------------------------------------------------
+
+
+def _random_frame(
+    rnd: random.Random, encoder: hpack.Encoder, next_sid: list[int], known: list[int]
+) -> bytes:
+    """Mostly well-formed frames on plausible streams, some of them
+    mangled: deep enough to reach stream states, odd enough to break rules."""
+    odd = rnd.random() < 0.05
+    sid = rnd.choice(known) if known and not odd else rnd.choice([0, 1, 2, 2**31 - 1])
+    if not known and not odd:
+        kind = HEADERS
+    else:
+        kind = rnd.choice(
+            [DATA, DATA, DATA, HEADERS, HEADERS, WINDOW_UPDATE, RST_STREAM]
+            + ([CONTINUATION, PRIORITY, SETTINGS, PING, GOAWAY, PUSH_PROMISE, 0x0B] if odd else [])
+        )
+    flags = rnd.getrandbits(8) if odd else rnd.choice([0, END_STREAM])
+    if kind == HEADERS and not odd:
+        if rnd.random() < 0.8:
+            sid = next_sid[0]
+            next_sid[0] += 2
+        flags |= END_HEADERS | rnd.choice([0, 0, PADDED, PRIORITY_FLAG])
+        fields = [
+            (b":method", rnd.choice([b"GET", b"POST", b"POST"])),
+            (b":scheme", b"https"),
+            (b":authority", b"example.com"),
+            (b":path", rnd.choice([b"/", b"/x?y=1"])),
+        ]
+        if rnd.random() < 0.1:
+            # Refused on the stream (400, 501) rather than served.
+            fields[rnd.randint(0, 3)] = rnd.choice(
+                [(b":method", b"CONNECT"), (b":authority", b"a b"), (b":path", b"*")]
+            )
+        if rnd.random() < 0.2:
+            fields.append((b"content-length", rnd.choice([b"0", b"5", b"x"])))
+        if rnd.random() < 0.05:
+            fields.append(rnd.choice([(b":protocol", b"websocket"), (b"connection", b"x")]))
+        payload = bytes(encoder.encode(fields))
+        if flags & PADDED:
+            payload = bytes((rnd.randint(0, 6),)) + payload + bytes(rnd.randint(0, 6))
+        if flags & PRIORITY_FLAG:
+            payload = struct.pack(">LB", rnd.choice([0, 1, sid]), 15) + payload
+    elif kind == WINDOW_UPDATE and not odd:
+        payload = struct.pack(">L", rnd.choice([0, 1, 1000, 65535, MAX_WINDOW]))
+    elif kind == RST_STREAM and not odd:
+        payload = struct.pack(">L", rnd.choice([0, 8]))
+    elif kind == SETTINGS:
+        payload = struct.pack(">HL", rnd.randint(1, 9), rnd.choice([0, 1, 16384, 2**24, 2**31]))
+    else:
+        size = rnd.choice([0, 1, 4, 5, 8, 12, rnd.randint(0, 64), rnd.randint(0, 20000)])
+        payload = bytes(size)
+    return raw(kind, flags, sid, payload)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_whatever_the_client_sends_only_protocol_errors_escape(seed: int):
+    """Bad input must end at most its connection: a driver may raise
+    ProtocolError (the server then sends GOAWAY and closes), never anything
+    else, and must keep answering the streams it reported, whatever
+    frames, split anywhere, a client sends.  Deterministic: 150 connections
+    per seed, each fed up to 40 frames and answered as the server would."""
+    rnd = random.Random(seed)
+    reached = 0
+    for _ in range(150):
+        client = Client()
+        encoder, next_sid = client.encoder, [7]
+        started: set[int] = set()
+        answered: set[int] = set()
+        ended: set[int] = set()
+        try:
+            for _ in range(rnd.randint(1, 40)):
+                data = _random_frame(rnd, encoder, next_sid, sorted(started))
+                cut = rnd.randint(0, len(data)) if rnd.random() < 0.2 else len(data)
+                for piece in (data[:cut], data[cut:]):
+                    started |= set(requests(client.send_bytes(piece)))
+                for sid in sorted(started - ended):
+                    reached += 1
+                    if sid not in answered:
+                        answered.add(sid)
+                        last = rnd.random() < 0.3
+                        if not client.server.send_headers(sid, 200, [(b"x", b"y")], last) or last:
+                            ended.add(sid)
+                            continue
+                    last = rnd.random() < 0.5
+                    body = memoryview(bytes(rnd.randint(0, 70000)))
+                    if client.server.send_data(sid, body, last) < 0 or last:
+                        ended.add(sid)
+                    if rnd.random() < 0.2:
+                        client.server.reset(sid, ErrorCodes.CANCEL)
+                        ended.add(sid)
+                    client.server.acknowledge(sid, rnd.randint(0, 20000))
+                    client.server.window(sid)
+                    client.server.remote_open(sid)
+                frames(client.server.data_to_send())
+        except ProtocolError:
+            frames(client.server.data_to_send())
+    # The generator reached streams the application would have served.
+    assert reached > 100
