@@ -926,6 +926,37 @@ def test_server_messages_are_compressed_for_the_client() -> None:
     assert got == [text, b"\x00" * 5000, text]
 
 
+def test_the_server_compressor_holds_a_small_window() -> None:
+    """A socket that sends compressed messages keeps its compressor for
+    as long as it is open: it holds a 4 KiB window (~38 KiB of zlib state,
+    against ~262 KiB at zlib's defaults), which a client's full-window
+    inflater reads unchanged."""
+    import random
+
+    ext = negotiate_deflate([OFFER], LIMIT)
+    assert ext is not None
+    ws = WSDriver(LIMIT, ext)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        wire = ws.send_message("warm up " * 10)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 64 * 1024, held
+    # Text with repeats further apart than the window, then within it.
+    rnd = random.Random(7)
+    words = ["".join(rnd.choice("abcdefgh") for _ in range(6)) for _ in range(2000)]
+    text = " ".join(words) * 3
+    wire += ws.send_message(text)
+    client_ext = PerMessageDeflate()
+    client_ext.finalize(ext.accept_params)
+    client = Connection(ConnectionType.CLIENT, [client_ext])
+    client.receive_data(wire)
+    got = [e.data for e in client.events() if isinstance(e, TextMessage)]
+    assert got == ["warm up " * 10, text]
+
+
 def test_compressed_message_at_the_limit_is_delivered() -> None:
     ws = driver(offer=OFFER)
     assert feed(ws, frame(BINARY, deflate(bytes(LIMIT)), rsv1=True)) == [bytes(LIMIT)]
