@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hyperframe.frame import Frame
 
 from flask_async_worker.protocols.http2 import H2Driver
 from flask_async_worker.protocols.http2_h2lib import H2LibDriver
@@ -187,6 +188,18 @@ def engine_env(engine: str, env: dict[str, str] | None = None) -> dict[str, str]
 
 H2DriverClass = type[H2Driver] | type[H2LibDriver]
 H2_DRIVER_CLASSES: dict[str, H2DriverClass] = {"native": H2Driver, "h2": H2LibDriver}
+
+
+def h2_frames(data: bytes) -> list[Frame]:
+    """The HTTP/2 frames in ``data``, parsed by hyperframe (independently
+    of the driver that wrote them)."""
+    out = []
+    while data:
+        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+        frame.parse_body(memoryview(data[9 : 9 + length]))
+        out.append(frame)
+        data = data[9 + length :]
+    return out
 
 
 def driver_engine_fixture(module: str) -> Any:

@@ -56,6 +56,7 @@ from flask_async_worker.protocols.http2 import (
 from flask_async_worker.protocols.http11_rules import Limits
 
 from .conftest import H2_DRIVER_CLASSES, H2DriverClass, driver_engine_fixture
+from .conftest import h2_frames as frames
 
 Driver: H2DriverClass = H2Driver
 engine = driver_engine_fixture(__name__)
@@ -116,16 +117,6 @@ def raw(kind: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
         + struct.pack(">I", sid)
         + (payload)
     )
-
-
-def frames(data: bytes) -> list[Frame]:
-    out = []
-    while data:
-        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
-        frame.parse_body(memoryview(data[9 : 9 + length]))
-        out.append(frame)
-        data = data[9 + length :]
-    return out
 
 
 def resets(out: list[Frame]) -> dict[int, int]:

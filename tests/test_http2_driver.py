@@ -16,7 +16,7 @@ import h2.connection
 import h2.events
 import pytest
 from h2.errors import ErrorCodes
-from hyperframe.frame import DataFrame, Frame, GoAwayFrame, RstStreamFrame
+from hyperframe.frame import DataFrame, GoAwayFrame, RstStreamFrame
 
 from flask_async_worker.protocols.errors import ProtocolError
 from flask_async_worker.protocols.http2 import (
@@ -34,6 +34,7 @@ from flask_async_worker.protocols.http2 import (
 from flask_async_worker.protocols.http11_rules import Limits
 
 from .conftest import H2DriverClass, driver_engine_fixture
+from .conftest import h2_frames as frames
 
 Driver: H2DriverClass = H2Driver
 engine = driver_engine_fixture(__name__)
@@ -86,16 +87,6 @@ class Pair:
         ]
         self.client.send_headers(sid, headers, end_stream=end)
         return sid
-
-
-def frames(data: bytes) -> list[Frame]:
-    out = []
-    while data:
-        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
-        frame.parse_body(memoryview(data[9 : 9 + length]))
-        out.append(frame)
-        data = data[9 + length :]
-    return out
 
 
 def test_a_request_becomes_a_request_event():
