@@ -87,6 +87,19 @@ class H2Limits:
     #: PING/SETTINGS/PRIORITY/empty DATA/unknown frames per second.
     max_control_frames: int = 1000
 
+    def opened_connection_window(self) -> int:
+        """What the server opens the connection window to.
+
+        It starts at 65,535 whatever SETTINGS say (RFC 9113 section 6.9.2);
+        opened wider, parallel uploads are not throttled by one shared
+        64 KiB window, and it still bounds what one connection buffers
+        (streams times their window would not)."""
+        return min(
+            max(self.connection_window, self.initial_window_size),
+            self.initial_window_size * self.max_concurrent_streams,
+            _MAX_WINDOW,
+        )
+
 
 class StreamRequest:
     """A request head arrived on a new stream."""
@@ -405,6 +418,19 @@ class _ConnectionError(Exception):
         self.detail = detail
 
 
+class _HeaderBlock:
+    """A header block still arriving in CONTINUATION frames."""
+
+    __slots__ = ("continuations", "ended", "fragments", "itself", "stream_id")
+
+    def __init__(self, stream_id: int, ended: bool, itself: bool, fragment: bytes) -> None:
+        self.stream_id = stream_id
+        self.ended = ended  # the HEADERS frame carried END_STREAM
+        self.itself = itself  # ... and a priority on the stream itself
+        self.fragments = bytearray(fragment)
+        self.continuations = 0
+
+
 class _Stream:
     """What the driver tracks of one open (or half-closed) stream."""
 
@@ -469,9 +495,7 @@ class H2Driver(FloodBounds):
         # remembered in _recent (id -> how it closed).
         self.streams: dict[int, _Stream] = {}
         self._recent: dict[int, int] = {}
-        # (stream id, END_STREAM, depends on itself, fragments, CONTINUATION
-        # frames) of a header block still arriving.
-        self._block: tuple[int, bool, bool, bytearray, list[int]] | None = None
+        self._block: _HeaderBlock | None = None
         # The client's settings that shape what the server sends.
         self._peer_window = _DEFAULT_WINDOW
         self._peer_frame = _DEFAULT_FRAME
@@ -502,15 +526,7 @@ class H2Driver(FloodBounds):
             )
         )
         self._out += _frame(SETTINGS, 0, 0, payload)
-        # The connection window starts at 65,535 whatever SETTINGS say
-        # (RFC 9113 section 6.9.2); opened wider, parallel uploads are not
-        # throttled by one shared 64 KiB window, and it still bounds what
-        # one connection buffers (streams times their window would not).
-        target = min(
-            max(limits.connection_window, limits.initial_window_size),
-            limits.initial_window_size * limits.max_concurrent_streams,
-            _MAX_WINDOW,
-        )
+        target = limits.opened_connection_window()
         if target > self._recv_window:
             self._out += _frame(WINDOW_UPDATE, 0, 0, _U32.pack(target - self._recv_window))
             self._recv_window = target
@@ -642,26 +658,26 @@ class H2Driver(FloodBounds):
         else:
             if len(block) > self._limits.max_header_list_size:
                 raise self._oversized()
-            self._block = (sid, bool(flags & END_STREAM), itself, bytearray(block), [0])
+            self._block = _HeaderBlock(sid, bool(flags & END_STREAM), itself, block)
 
     def _continuation(
         self, kind: int, flags: int, sid: int, payload: bytes, out: list[H2Event]
     ) -> None:
-        assert self._block is not None
-        block_sid, ended, itself, block, count = self._block
-        if kind != CONTINUATION or sid != block_sid:
+        block = self._block
+        assert block is not None
+        if kind != CONTINUATION or sid != block.stream_id:
             raise _ConnectionError(
                 ErrorCodes.PROTOCOL_ERROR, "header block interrupted by another frame"
             )
-        count[0] += 1
-        if count[0] > MAX_CONTINUATIONS:
+        block.continuations += 1
+        if block.continuations > MAX_CONTINUATIONS:
             raise _ConnectionError(ErrorCodes.PROTOCOL_ERROR, "Too many continuation frames")
-        block += payload
-        if len(block) > self._limits.max_header_list_size:
+        block.fragments += payload
+        if len(block.fragments) > self._limits.max_header_list_size:
             raise self._oversized()
         if flags & END_HEADERS:
             self._block = None
-            self._header_block(sid, ended, itself, bytes(block), out)
+            self._header_block(sid, block.ended, block.itself, bytes(block.fragments), out)
 
     def _oversized(self) -> _ConnectionError:
         return _ConnectionError(
@@ -779,8 +795,6 @@ class H2Driver(FloodBounds):
         data = self._unpad(flags, payload)
         stream = self.streams.get(sid)
         if stream is None or stream.remote_closed:
-            # Nobody reads it: the connection window is handed back.
-            self.acknowledge(sid, flow)
             recent = self._recent.get(sid)
             if stream is not None or recent == _RESET_BY_CLIENT:
                 # Half-closed (remote), or reset by the client (RFC 9113
@@ -798,24 +812,29 @@ class H2Driver(FloodBounds):
                 raise _ConnectionError(ErrorCodes.STREAM_CLOSED, f"DATA on closed stream {sid}")
             elif recent is None:
                 self._stream_error(sid, ErrorCodes.STREAM_CLOSED, out, "DATA on a closed stream")
+            # Nobody reads it: the connection window is handed back.
+            self.acknowledge(sid, flow)
             return
         stream.recv_window -= flow
+        fault = ""
         if stream.recv_window < 0:
-            self.acknowledge(sid, flow)
-            self._stream_error(
-                sid, ErrorCodes.FLOW_CONTROL_ERROR, out, "DATA beyond the stream window"
-            )
-            return
-        if stream.body_left >= 0:
+            fault = "DATA beyond the stream window"
+        elif stream.body_left >= 0:
             stream.body_left -= len(data)
             if stream.body_left < 0 or (flags & END_STREAM and stream.body_left):
                 # RFC 9113 section 8.1.1: a body that disagrees with its
                 # Content-Length makes the request malformed.
-                self.acknowledge(sid, flow)
-                self._stream_error(
-                    sid, ErrorCodes.PROTOCOL_ERROR, out, "body disagrees with Content-Length"
-                )
-                return
+                fault = "body disagrees with Content-Length"
+        if fault:
+            code = (
+                ErrorCodes.FLOW_CONTROL_ERROR
+                if stream.recv_window < 0
+                else ErrorCodes.PROTOCOL_ERROR
+            )
+            self._stream_error(sid, code, out, fault)
+            # The stream is gone: only the connection window is handed back.
+            self.acknowledge(sid, flow)
+            return
         if data:
             out.append(StreamData(sid, data, flow))
         else:

@@ -162,17 +162,7 @@ class H2LibDriver(FloodBounds):
         self.last_stream_id = 1
 
     def _open_connection_window(self) -> None:
-        # The connection window starts at 65,535 whatever SETTINGS say
-        # (RFC 9113 section 6.9.2); opened wider, parallel uploads are not
-        # throttled by one shared 64 KiB window, and it still bounds what
-        # one connection buffers (streams times their window would not).
-        limits = self._limits
-        target = min(
-            max(limits.connection_window, limits.initial_window_size),
-            limits.initial_window_size * limits.max_concurrent_streams,
-            2**31 - 1,
-        )
-        increment = target - self.conn.inbound_flow_control_window
+        increment = self._limits.opened_connection_window() - self.conn.inbound_flow_control_window
         if increment > 0:
             self.conn.increment_flow_control_window(increment)
 
